@@ -1,0 +1,312 @@
+"""Phase 2, check: the JSON Schema plus whole-production rules, every error in one run."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import networkx as nx
+
+from . import names
+from .errors import CODES, Diagnostic, InputError
+from .load import KeyPath, Loaded, Source
+
+_CONTROL = {c for c in range(0x20)} | {0x7F} | set(range(0x80, 0xA0)) | {0x2028, 0x2029}
+
+_GENERIC_CODES = {
+    "type": "BS100",
+    "additionalProperties": "BS101",
+    "required": "BS102",
+    "minimum": "BS104",
+    "maximum": "BS104",
+    "enum": "BS105",
+    "const": "BS105",
+    "maxLength": "BS106",
+    "minLength": "BS106",
+    "maxItems": "BS106",
+    "minItems": "BS106",
+    "maxProperties": "BS106",
+    "uniqueItems": "BS107",
+}
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = resources.files("backstage.schema").joinpath("production.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def check(loaded: Loaded) -> None:
+    """Raise InputError listing every problem in the production, sorted by line."""
+    source = loaded.source
+    found = list(_control_characters(loaded.data, (), source))
+    flagged = {d.path for d in found}
+    found += [d for d in _schema_errors(loaded.data, source) if d.path not in flagged]
+    found += _Rules(loaded.data, source).run()
+    if found:
+        raise InputError(found)
+
+
+def _control_characters(value: Any, path: KeyPath, source: Source) -> Iterator[Diagnostic]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _has_control(key):
+                yield source.diagnostic((*path, key), "BS108", "the key holds a control character",
+                                        "keys are plain names; remove the character")
+            yield from _control_characters(item, (*path, key), source)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _control_characters(item, (*path, index), source)
+    elif isinstance(value, str) and _has_control(value):
+        char = next(c for c in value if ord(c) in _CONTROL)
+        yield source.diagnostic(path, "BS108", f"the value holds the control character U+{ord(char):04X}",
+                                "values are single lines of printable text")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) in _CONTROL for c in text)
+
+
+def _schema_errors(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:
+    for error in _validator().iter_errors(data):
+        yield from _describe(error, source)
+
+
+def _describe(error: jsonschema.ValidationError, source: Source) -> Iterator[Diagnostic]:
+    path: KeyPath = tuple(error.absolute_path)
+    keyword = str(error.validator)
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    instance = error.instance
+    if keyword == "additionalProperties":
+        allowed = sorted(sub.get("properties", {}))
+        for key in sorted(set(instance) - set(allowed)):
+            yield source.diagnostic((*path, key), "BS101", f"unknown key `{key}`",
+                                    _did_you_mean(key, allowed) or f"allowed keys: {', '.join(allowed)}")
+        return
+    if keyword == "required":
+        for key in sub.get("required", []):
+            if isinstance(instance, dict) and key not in instance:
+                yield source.diagnostic(path, "BS102", f"missing required key `{key}`",
+                                        f"add `{key} = ...` to this table")
+        return
+    if "propertyNames" in error.relative_schema_path or "propertyNames" in error.schema_path:
+        path = (*path, instance)
+    code = sub.get("x-code") or _GENERIC_CODES.get(keyword, "BS100")
+    if keyword == "type":
+        expected = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
+        yield source.diagnostic(path, code, f"expected {' or '.join(expected)}, got {_toml_type(instance)}",
+                                _expectation(error))
+    elif keyword in ("enum", "const"):
+        choices = sub.get("enum", [sub.get("const")])
+        hint = _did_you_mean(str(instance), [str(c) for c in choices]) if isinstance(instance, str) else ""
+        yield source.diagnostic(path, code, f"{_show(instance)} is not one of {', '.join(map(_show, choices))}",
+                                hint)
+    elif keyword in ("minimum", "maximum"):
+        yield source.diagnostic(path, code, f"{instance} is out of range",
+                                f"use {sub.get('minimum', '...')} to {sub.get('maximum', '...')}")
+    elif keyword in ("maxLength", "maxItems", "maxProperties", "minLength", "minItems"):
+        yield source.diagnostic(path, code, error.message if len(error.message) < 200 else
+                                f"{keyword} {error.validator_value} exceeded", f"{keyword} is {error.validator_value}")
+    elif keyword == "uniqueItems":
+        yield source.diagnostic(path, code, "the list holds the same item twice", "remove the duplicate")
+    else:
+        yield source.diagnostic(path, code, f"{_show(instance)}: {CODES.get(code, 'invalid value')}",
+                                _expectation(error))
+
+
+def _expectation(error: jsonschema.ValidationError) -> str:
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    expect = sub.get("x-expect")
+    if not expect and isinstance(error.parent, jsonschema.ValidationError):
+        parent = error.parent.schema if isinstance(error.parent.schema, dict) else {}
+        expect = parent.get("x-expect")
+    return f"expected {expect}" if expect else ""
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else ""
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        return {}
+    return {name: item for name, item in value.items() if isinstance(item, dict)}
+
+
+class _Rules:
+    """Rules a schema cannot state: they relate one part of the production to another."""
+
+    def __init__(self, data: dict[str, Any], source: Source) -> None:
+        self.data = data
+        self.source = source
+        self.found: list[Diagnostic] = []
+        self.acts = _table(data, "acts")
+        self.stages = _table(data, "stages")
+        self.sesses = _table(data, "sesses")
+        self.venues = _table(data, "venues")
+        self.gigs = _table(data, "gigs")
+
+    def run(self) -> list[Diagnostic]:
+        self.references()
+        self.claimed_names()
+        self.ports()
+        self.locations()
+        self.needs_cycles()
+        self.static_slashes()
+        self.socket_lengths()
+        return self.found
+
+    def report(self, path: KeyPath, code: str, message: str, hint: str = "") -> None:
+        self.found.append(self.source.diagnostic(path, code, message, hint))
+
+    def references(self) -> None:
+        def ref(path: KeyPath, name: Any, kind: str, table: dict[str, Any]) -> None:
+            if isinstance(name, str) and name not in table:
+                hint = _did_you_mean(name, sorted(table)) or (
+                    f"declare [{kind}.{name}]" if not table else f"known {kind}: {', '.join(sorted(table)[:10])}")
+                self.report(path, "BS201", f"no {kind[:-1] if kind != 'sesses' else 'sess'} named `{name}`",
+                            hint)
+
+        for name, sess in self.sesses.items():
+            ref(("sesses", name, "act"), sess.get("act"), "acts", self.acts)
+            ref(("sesses", name, "stage"), sess.get("stage"), "stages", self.stages)
+            needs = sess.get("needs")
+            for index, needed in enumerate(needs if isinstance(needs, list) else []):
+                ref(("sesses", name, "needs", index), needed, "sesses", self.sesses)
+        for name, gig in self.gigs.items():
+            ref(("gigs", name, "venue"), gig.get("venue"), "venues", self.venues)
+            ref(("gigs", name, "sess"), gig.get("sess"), "sesses", self.sesses)
+
+    def claimed_names(self) -> None:
+        owners: dict[str, str] = {}
+        for name, venue in self.venues.items():
+            aliases = venue.get("aliases")
+            claims: list[tuple[KeyPath, Any]] = [(("venues", name, "domain"), venue.get("domain"))]
+            claims += [(("venues", name, "aliases", i), a) for i, a in
+                       enumerate(aliases if isinstance(aliases, list) else [])]
+            for path, host in claims:
+                if not isinstance(host, str):
+                    continue
+                if host in owners:
+                    self.report(path, "BS202", f"`{host}` is already claimed by venue `{owners[host]}`",
+                                "each domain and alias is claimed once; nginx would pick one server silently")
+                owners.setdefault(host, name)
+
+    def ports(self) -> None:
+        taken: dict[int, str] = {}
+        for name, venue in self.venues.items():
+            port = _listen_port(venue)
+            if port is not None:
+                taken.setdefault(port, f"venue `{name}`")
+        for name, sess in self.sesses.items():
+            port = sess.get("port")
+            if not isinstance(port, int) or isinstance(port, bool):
+                continue
+            if port in taken:
+                self.report(("sesses", name, "port"), "BS203", f"port {port} is already used by {taken[port]}",
+                            "give each Sess its own port, or drop `port` to use a unix socket")
+            taken.setdefault(port, f"sess `{name}`")
+
+    def locations(self) -> None:
+        owners: dict[tuple[str, str], str] = {}
+        for name, gig in self.gigs.items():
+            venue, path = gig.get("venue"), gig.get("path", "/")
+            if not (isinstance(venue, str) and isinstance(path, str)):
+                continue
+            key = (venue, path)
+            if key in owners:
+                self.report(("gigs", name, "path"), "BS204",
+                            f"venue `{venue}` already routes `{path}` to {owners[key]}",
+                            "give this Gig another path or another Venue")
+            owners.setdefault(key, f"gig `{name}`")
+        for name, gig in self.gigs.items():
+            venue, path = gig.get("venue"), gig.get("path", "/")
+            act = self.acts.get(str(self.sesses.get(str(gig.get("sess")), {}).get("act")), {})
+            static = act.get("static")
+            if not (isinstance(venue, str) and isinstance(path, str) and isinstance(static, dict)):
+                continue
+            for prefix in static:
+                key = (venue, names.url_join(path, prefix))
+                if key in owners and owners[key] != f"gig `{name}`":
+                    self.report(("gigs", name), "BS204",
+                                f"static files of this Gig would be served at `{key[1]}`, which venue `{venue}` "
+                                f"already routes to {owners[key]}",
+                                "change the Act's static prefix or the Gig's path")
+                owners.setdefault(key, f"gig `{name}`")
+
+    def needs_cycles(self) -> None:
+        graph = nx.DiGraph()
+        for name, sess in self.sesses.items():
+            needs = sess.get("needs")
+            for needed in needs if isinstance(needs, list) else []:
+                if isinstance(needed, str) and needed in self.sesses:
+                    graph.add_edge(name, needed)
+        for component in sorted(sorted(c) for c in nx.strongly_connected_components(graph)):
+            first = component[0]
+            if len(component) == 1 and not graph.has_edge(first, first):
+                continue
+            cycle = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=first)]
+            needs = self.sesses[first]["needs"]
+            self.report(("sesses", first, "needs", needs.index(cycle[1 % len(cycle)])), "BS205",
+                        "`needs` forms a cycle: " + " -> ".join([*cycle, cycle[0]]),
+                        "a Sess cannot need itself, directly or through others; remove one edge")
+
+    def static_slashes(self) -> None:
+        for name, act in self.acts.items():
+            static = act.get("static")
+            for prefix, directory in (static.items() if isinstance(static, dict) else []):
+                if isinstance(directory, str) and directory.startswith("/") and not directory.endswith("/"):
+                    self.report(("acts", name, "static", prefix), "BS206",
+                                f"static prefix `{prefix}` ends with '/' but directory `{directory}` does not",
+                                f"write `{directory}/`: with nginx `alias`, a mismatch serves files outside "
+                                "the directory (GET /static../secret)")
+
+    def socket_lengths(self) -> None:
+        production = self.data.get("production")
+        if not isinstance(production, dict) or not isinstance(production.get("name"), str):
+            return
+        prod = production["name"]
+        run_dir = production.get("run_dir")
+        run_dir = run_dir if isinstance(run_dir, str) else names.default_dirs(prod)["run_dir"]
+        for name, sess in self.sesses.items():
+            if "port" in sess:
+                continue
+            path = names.socket_path(run_dir, prod, name, "0" * names.HASH_LENGTH)
+            if len(path.encode()) > names.MAX_SOCKET_PATH:
+                self.report(("sesses", name), "BS207",
+                            f"its socket path would be {len(path.encode())} bytes; unix sockets allow "
+                            f"{names.MAX_SOCKET_PATH}",
+                            "shorten production.run_dir, the production name or the Sess name, or give it a port")
+
+
+def _listen_port(venue: dict[str, Any]) -> int | None:
+    listen = venue.get("listen", 443 if "tls" in venue else 80)
+    if isinstance(listen, bool):
+        return None
+    if isinstance(listen, int):
+        return listen
+    if isinstance(listen, str) and ":" in listen and listen.rsplit(":", 1)[1].isdigit():
+        return int(listen.rsplit(":", 1)[1])
+    return None

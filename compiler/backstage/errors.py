@@ -1,0 +1,92 @@
+"""Diagnostics: every problem with an input carries a stable code, a place and a hint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+# Stable codes. A code never changes meaning; retired codes are not reused.
+CODES: dict[str, str] = {
+    "BS001": "the production file cannot be read",
+    "BS002": "the production file is not UTF-8",
+    "BS003": "the production file is not valid TOML",
+    "BS004": "the production file is too large",
+    "BS100": "a value has the wrong type",
+    "BS101": "unknown key",
+    "BS102": "a required key is missing",
+    "BS103": "invalid name",
+    "BS104": "a number is out of range",
+    "BS105": "a value is not one of the allowed choices",
+    "BS106": "a value is too long, too short, or has too many entries",
+    "BS107": "a list holds the same item twice",
+    "BS108": "a string holds a control character",
+    "BS110": "invalid path",
+    "BS111": "invalid domain",
+    "BS112": "invalid URL prefix",
+    "BS113": "invalid environment variable name",
+    "BS114": "invalid environment variable value",
+    "BS115": "invalid uWSGI option name",
+    "BS116": "uWSGI option not allowed as a pass-through",
+    "BS117": "invalid uWSGI option value",
+    "BS118": "invalid WSGI or Python module name",
+    "BS119": "invalid listen address",
+    "BS120": "invalid user or group name",
+    "BS121": "invalid requirement line",
+    "BS122": "invalid production name",
+    "BS123": "invalid health path",
+    "BS124": "invalid host setting",
+    "BS201": "a reference names nothing that exists",
+    "BS202": "a domain or alias is claimed twice",
+    "BS203": "a port is used twice",
+    "BS204": "two locations share one Venue and path",
+    "BS205": "`needs` forms a cycle",
+    "BS206": "a static prefix and its directory disagree on the trailing slash",
+    "BS207": "a generated unix socket path is too long",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    file: str
+    line: int
+    col: int
+    code: str
+    path: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}: {self.code}"
+        text = f"{where} {self.path}: {self.message}" if self.path else f"{where} {self.message}"
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+    def sort_key(self) -> tuple[int, int, str, str, str]:
+        return (self.line, self.col, self.path, self.code, self.message)
+
+
+class InputError(Exception):
+    """Raised by a phase when the input is wrong; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics: list[Diagnostic] = sorted(set(diagnostics), key=Diagnostic.sort_key)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> str:
+    return json.dumps([asdict(d) for d in diagnostics], indent=2, ensure_ascii=False)
+
+
+def format_key_path(parts: Sequence[str | int]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        text = part if _is_bare_key(part) else json.dumps(part, ensure_ascii=False)
+        out += f".{text}" if out else text
+    return out
+
+
+def _is_bare_key(key: str) -> bool:
+    return bool(key) and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)

@@ -1,0 +1,181 @@
+"""Phase 5, render: model -> file contents, through Jinja2 templates that escape every value.
+
+Each output format has its own Environment whose `finalize` escapes every `{{ }}` for that format,
+so a template author cannot forget to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from . import escape, names
+from .graph import sesses_needed_first
+from .model import Gig, Production, Sess
+
+READ_ONLY = 0o444
+EXECUTABLE = 0o555
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    content: bytes
+    mode: int = READ_ONLY
+
+
+@dataclass(frozen=True, slots=True)
+class Vassal:
+    """One Sess as uWSGI will run it: its content-hashed name and its address for nginx and needers."""
+
+    sess: str
+    stem: str
+    bind: str
+    upstream: str
+    address: str
+
+
+@cache
+def _environment(finalize: Callable[[Any], str]) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("backstage", "templates"),
+        undefined=jinja2.StrictUndefined,
+        finalize=finalize,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+@cache
+def _template(finalize: Callable[[Any], str], name: str) -> jinja2.Template:
+    return _environment(finalize).get_template(name)
+
+
+@cache
+def _template_digest(name: str) -> bytes:
+    source, _, _ = _environment(escape.uwsgi_ini).loader.get_source(_environment(escape.uwsgi_ini), name)
+    return hashlib.sha256(source.encode()).digest()
+
+
+def render(production: Production) -> dict[str, File]:
+    """Every file of the artifact except manifest.json, keyed by relative path."""
+    files: dict[str, File] = {}
+    vassals = _render_vassals(production, files)
+    booked: dict[str, list[Gig]] = {name: [] for name in production.venues}
+    for gig in production.gigs.values():
+        booked[gig.venue].append(gig)
+    for name, gigs in booked.items():
+        files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, vassals))
+    include = _template(escape.nginx, "include.conf.j2").render(
+        production=production.name, pattern=f"{production.state_dir}/current/nginx/*.conf")
+    files["include.conf"] = File(include.encode())
+    for stage in production.stages.values():
+        if stage.requirements:
+            text = _template(escape.text_line, "requirements.txt.j2").render(production=production.name, stage=stage)
+            files[f"stages/{stage.name}/requirements.txt"] = File(text.encode())
+    return dict(sorted(files.items()))
+
+
+def vassals(production: Production) -> dict[str, Vassal]:
+    return _render_vassals(production, {})
+
+
+def _render_vassals(production: Production, files: dict[str, File]) -> dict[str, Vassal]:
+    hosts: dict[str, set[str]] = {}
+    for gig in production.gigs.values():
+        hosts.setdefault(gig.sess, set()).update(production.venues[gig.venue].hosts)
+    template = _template(escape.uwsgi_ini, "vassal.ini.j2")
+    done: dict[str, Vassal] = {}
+    for name in sesses_needed_first(production):
+        sess = production.sesses[name]
+        context = _vassal_context(production, sess, sorted(hosts.get(name, ())), done)
+        digest = hashlib.sha256(_template_digest("vassal.ini.j2"))
+        digest.update(json.dumps(context, sort_keys=True, default=_plain).encode())
+        vassal = _address(production, sess, digest.hexdigest()[: names.HASH_LENGTH])
+        done[name] = vassal
+        text = template.render(context, socket_option="http-socket" if sess.protocol == "http" else "socket",
+                               bind=vassal.bind)
+        files[f"uwsgi/{vassal.stem}.ini"] = File(text.encode())
+    return dict(sorted(done.items()))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {field: getattr(value, field) for field in value.__dataclass_fields__}
+    if hasattr(value, "items"):
+        return dict(value.items())
+    raise TypeError(type(value).__name__)
+
+
+def _vassal_context(production: Production, sess: Sess, hosts: list[str],
+                    needed: dict[str, Vassal]) -> dict[str, Any]:
+    act = production.acts[sess.act]
+    stage = production.stages[sess.stage]
+    env = list(act.env)
+    if act.settings:
+        env.append(("DJANGO_SETTINGS_MODULE", act.settings))
+    if hosts:
+        env.append(("BACKSTAGE_HOSTS", " ".join(hosts)))
+    for other in sess.needs:
+        prefix = names.env_prefix(other)
+        env.append((f"{prefix}_ADDRESS", needed[other].address))
+        env.append((f"{prefix}_PROTOCOL", production.sesses[other].protocol))
+    return {
+        "production": production.name,
+        "sess": sess,
+        "act": act,
+        "stage": stage,
+        "module": f"{act.module}:{act.callable}",
+        "socket_owner": stage.uid or production.host.nginx_user,
+        "nginx_user": production.host.nginx_user,
+        "env": env,
+        "logto": f"{production.log_dir}/{sess.name}.log",
+        "options": list(sess.uwsgi),
+    }
+
+
+def _address(production: Production, sess: Sess, content_hash: str) -> Vassal:
+    stem = names.vassal_stem(production.name, sess.name, content_hash)
+    if sess.port:
+        bind = f"127.0.0.1:{sess.port}"
+        address = bind
+        upstream = f"http://{bind}/" if sess.protocol == "http" else bind
+    else:
+        bind = names.socket_path(production.run_dir, production.name, sess.name, content_hash)
+        address = f"unix:{bind}"
+        upstream = f"http://unix:{bind}:/" if sess.protocol == "http" else address
+    return Vassal(sess.name, stem, bind, upstream, address)
+
+
+def _render_venue(production: Production, venue_name: str, gigs: list[Gig],
+                  vassals: dict[str, Vassal]) -> bytes:
+    locations: list[dict[str, Any]] = []
+    for gig in gigs:
+        sess = production.sesses[gig.sess]
+        locations.append({
+            "kind": sess.protocol,
+            "gig": gig.name,
+            "sess": sess.name,
+            "path": gig.path,
+            "path_regex": escape.nginx_prefix_regex(gig.path),
+            "script_name": gig.path.rstrip("/"),
+            "upstream": vassals[sess.name].upstream,
+        })
+        for prefix, directory in production.acts[sess.act].static:
+            locations.append({"kind": "static", "gig": gig.name, "path": names.url_join(gig.path, prefix),
+                              "directory": directory})
+    locations.sort(key=lambda loc: loc["path"])
+    text = _template(escape.nginx, "venue.conf.j2").render(
+        production=production.name,
+        venue=production.venues[venue_name],
+        locations=locations,
+        has_root=any(loc["path"] == "/" for loc in locations),
+    )
+    return text.encode()
