@@ -101,7 +101,7 @@ def _describe(error: jsonschema.ValidationError, source: Source) -> Iterator[Dia
         return
     if "propertyNames" in error.relative_schema_path or "propertyNames" in error.schema_path:
         path = (*path, instance)
-    code = sub.get("x-code") or _GENERIC_CODES.get(keyword, "BS100")
+    code = _GENERIC_CODES["type"] if keyword == "type" else sub.get("x-code") or _GENERIC_CODES.get(keyword, "BS100")
     if keyword == "type":
         expected = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
         yield source.diagnostic(path, code, f"expected {' or '.join(expected)}, got {_toml_type(instance)}",

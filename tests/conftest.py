@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+GOLDEN = REPO / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite golden/<case>/ from the examples instead of comparing")
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Run:
+    """Run the real `backstage` command in a child process, as a user would."""
+    done = subprocess.run([sys.executable, "-m", "backstage.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def example_cases() -> list[str]:
+    return sorted(p.parent.name for p in EXAMPLES.glob("*/production.toml"))
+
+
+def require_binary(name: str) -> str:
+    """Real components are required: a missing one fails the test loudly, it never skips it."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if not path:
+        pytest.fail(f"{name} is not installed; .ci/run installs it (apt-get install {name})")
+    return path

@@ -1,0 +1,24 @@
+"""Every golden nginx tree passes a real `nginx -t`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import GOLDEN, example_cases
+from nginx_check import nginx_test
+
+
+@pytest.mark.parametrize("case", example_cases())
+def test_golden_nginx_passes_nginx_t(case: str, tmp_path: Path) -> None:
+    servers = {p.name: p.read_text() for p in sorted((GOLDEN / case / "nginx").glob("*.conf"))}
+    assert servers, f"golden/{case} has no nginx files"
+    result = nginx_test(servers, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
+def test_nginx_t_really_rejects_a_broken_server(tmp_path: Path) -> None:
+    result = nginx_test({"broken.conf": "server { listen 8080; location / { bogus_directive on; } }\n"}, tmp_path)
+    assert result.returncode != 0 and "bogus_directive" in result.stderr
