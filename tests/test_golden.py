@@ -7,13 +7,20 @@ from pathlib import Path
 
 import pytest
 from backstage import artifact, check, load, model
+from backstage.host import install as host
 from conftest import EXAMPLES, GOLDEN, example_cases
+
+
+# Copied verbatim from the package into every artifact: compared with its source, not kept in golden/.
+VERBATIM = {"install.py": Path(host.__file__).read_bytes()}
 
 
 def rendered(case: str) -> dict[str, bytes]:
     loaded = load.load_file(EXAMPLES / case / "production.toml")
     check.check(loaded)
     files = artifact.assemble(model.build(loaded.data), loaded.input_hash)
+    for name, content in VERBATIM.items():
+        assert files.pop(name).content == content
     return {path: f.content for path, f in files.items()}
 
 

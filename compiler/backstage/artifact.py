@@ -12,9 +12,10 @@ from functools import cache
 from pathlib import Path
 
 from . import __version__, check, escape, load, model, render
+from .host import install as host
 
-MANIFEST = "manifest.json"
-FORMAT = 1
+MANIFEST = host.MANIFEST
+FORMAT = host.FORMAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ def compiler_digest() -> str:
     """Identifies the compiler's behaviour: its version and every source, template and schema byte."""
     digest = hashlib.sha256(__version__.encode())
     package = Path(__file__).parent
-    for path in sorted([*package.glob("*.py"), *package.glob("templates/*.j2")]):
+    for path in sorted([*package.glob("*.py"), *package.glob("host/*.py"), *package.glob("templates/*.j2")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(json.dumps(check.schema(), sort_keys=True).encode())
     return digest.hexdigest()
@@ -66,6 +67,7 @@ def _read(production_file: str | Path) -> bytes:
 def assemble(production: model.Production, input_hash: str) -> dict[str, render.File]:
     files = render.render(production)
     files["install.sh"] = render.File(_install_script(production), render.EXECUTABLE)
+    files["install.py"] = render.File(Path(host.__file__).read_bytes())
     manifest = {
         "backstage": __version__,
         "format": FORMAT,
@@ -81,16 +83,13 @@ def assemble(production: model.Production, input_hash: str) -> dict[str, render.
 
 
 def _install_script(production: model.Production) -> bytes:
+    pythons = sorted({f"{stage.virtualenv.rstrip('/')}/bin/python3" for stage in production.stages.values()})
     template = render._template(escape.shell, "install.sh.j2")
-    return template.render(production=production.name).encode()
+    return template.render(production=production.name, pythons=[*pythons, "python3"]).encode()
 
 
 def tree_hash(files: dict[str, render.File]) -> str:
-    digest = hashlib.sha256()
-    for path, f in sorted(files.items()):
-        digest.update(f"{path}\0{f.mode:o}\0{len(f.content)}\0".encode())
-        digest.update(f.content)
-    return digest.hexdigest()
+    return host.tree_hash((path, f.mode, f.content) for path, f in files.items())
 
 
 def write(files: dict[str, render.File], outdir: Path, name: str) -> Path:

@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from . import __version__, artifact, check, graph, load, model
+from . import __version__, apply, artifact, check, graph, load, model
 from .errors import InputError, diagnostics_json
 
 EXIT_INPUT = 1
@@ -58,6 +59,43 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeouts(args: argparse.Namespace) -> list[str]:
+    return [f"--ready-timeout={args.ready_timeout}", f"--health-timeout={args.health_timeout}",
+            f"--drain-timeout={args.drain_timeout}", f"--lock-wait={args.lock_wait}"]
+
+
+def _installer_exit(code: int) -> int:
+    # install.sh: 0 done, 1 failed and rolled back, 2 refused before changing anything.
+    return 0 if code == 0 else EXIT_INPUT
+
+
+def _apply(args: argparse.Namespace) -> int:
+    target = Path(args.artifact)
+    if (target / "result").is_symlink():
+        target = target / "result"
+    target = target.resolve()
+    apply.verify(target)
+    extra = ["--dry-run"] if args.dry_run else []
+    return _installer_exit(apply.run_installer(target / "install.sh", "apply", *extra, *_timeouts(args)))
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    script = apply.installer(apply.state_dir(args.production))
+    extra = (["--to", args.to] if args.to else []) + (["--dry-run"] if args.dry_run else [])
+    return _installer_exit(apply.run_installer(script, "rollback", *extra, *_timeouts(args)))
+
+
+def _generations(args: argparse.Namespace) -> int:
+    return _installer_exit(apply.run_installer(apply.installer(apply.state_dir(args.production)), "generations"))
+
+
+def _gc(args: argparse.Namespace) -> int:
+    if args.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    script = apply.installer(apply.state_dir(args.production))
+    return _installer_exit(apply.run_installer(script, "gc", f"--keep={args.keep}"))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="backstage", description="Compile and deploy WSGI productions.")
     top.add_argument("--version", action="version", version=f"backstage {__version__}")
@@ -79,6 +117,30 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("file")
     sub.add_argument("--format", choices=("dot", "svg"), default="dot")
     verb("schema", _schema, "Print the JSON Schema of production files.")
+
+    def switch_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+        sub.add_argument("--ready-timeout", type=float, default=60.0, metavar="S",
+                         help="how long a new vassal may take to answer (default 60)")
+        sub.add_argument("--health-timeout", type=float, default=15.0, metavar="S",
+                         help="how long each Gig may take to answer through nginx (default 15)")
+        sub.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                         help="how long to wait for old nginx workers before stopping vassals (default 60)")
+        sub.add_argument("--lock-wait", type=float, default=300.0, metavar="S",
+                         help="how long to wait for another apply of the production (default 300)")
+
+    sub = verb("apply", _apply, "Make an artifact live on this host, with zero downtime.")
+    sub.add_argument("artifact", help="an artifact directory, or a build directory holding `result`")
+    switch_options(sub)
+    sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
+    sub.add_argument("production", help="the production file or its state_dir")
+    sub.add_argument("--to", metavar="HASH", help="a kept generation's name or hash prefix")
+    switch_options(sub)
+    sub = verb("generations", _generations, "List the generations kept on this host.")
+    sub.add_argument("production", help="the production file or its state_dir")
+    sub = verb("gc", _gc, "Delete old generations; never the current one or one a live link uses.")
+    sub.add_argument("production", help="the production file or its state_dir")
+    sub.add_argument("--keep", type=int, required=True, metavar="N", help="how many recent generations to keep")
     return top
 
 
@@ -93,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for diagnostic in exc.diagnostics:
                 print(diagnostic, file=sys.stderr)
             print(f"backstage: {len(exc.diagnostics)} error(s); nothing was written", file=sys.stderr)
+        return EXIT_INPUT
+    except apply.ApplyError as exc:
+        print(f"backstage: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except UsageError as exc:
         print(f"backstage: {exc}", file=sys.stderr)

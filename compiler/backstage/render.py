@@ -76,6 +76,7 @@ def render(production: Production) -> dict[str, File]:
     include = _template(escape.nginx, "include.conf.j2").render(
         production=production.name, pattern=f"{production.state_dir}/current/nginx/*.conf")
     files["include.conf"] = File(include.encode())
+    files["apply.json"] = File(_apply_plan(production, vassals))
     for stage in production.stages.values():
         if stage.requirements:
             text = _template(escape.text_line, "requirements.txt.j2").render(production=production.name, stage=stage)
@@ -83,19 +84,20 @@ def render(production: Production) -> dict[str, File]:
     return dict(sorted(files.items()))
 
 
-def vassals(production: Production) -> dict[str, Vassal]:
-    return _render_vassals(production, {})
-
-
-def _render_vassals(production: Production, files: dict[str, File]) -> dict[str, Vassal]:
+def _hosts_by_sess(production: Production) -> dict[str, list[str]]:
     hosts: dict[str, set[str]] = {}
     for gig in production.gigs.values():
         hosts.setdefault(gig.sess, set()).update(production.venues[gig.venue].hosts)
+    return {sess: sorted(names) for sess, names in hosts.items()}
+
+
+def _render_vassals(production: Production, files: dict[str, File]) -> dict[str, Vassal]:
+    hosts = _hosts_by_sess(production)
     template = _template(escape.uwsgi_ini, "vassal.ini.j2")
     done: dict[str, Vassal] = {}
     for name in sesses_needed_first(production):
         sess = production.sesses[name]
-        context = _vassal_context(production, sess, sorted(hosts.get(name, ())), done)
+        context = _vassal_context(production, sess, hosts.get(name, []), done)
         digest = hashlib.sha256(_template_digest("vassal.ini.j2"))
         digest.update(json.dumps(context, sort_keys=True, default=_plain).encode())
         vassal = _address(production, sess, digest.hexdigest()[: names.HASH_LENGTH])
@@ -179,3 +181,37 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig],
         has_root=any(loc["path"] == "/" for loc in locations),
     )
     return text.encode()
+
+
+def _apply_plan(production: Production, vassals: dict[str, Vassal]) -> bytes:
+    """What the host side (host/install.py) needs to switch, probe and check, as JSON."""
+    hosts = _hosts_by_sess(production)
+    host = production.host
+    plan = {
+        "production": production.name,
+        "state_dir": production.state_dir,
+        "run_dir": production.run_dir,
+        "log_dir": production.log_dir,
+        "nginx_link": names.nginx_link_name(production.name),
+        "host": {"vassals_dir": host.vassals_dir, "nginx_dir": host.nginx_dir, "nginx": list(host.nginx),
+                 "nginx_user": host.nginx_user, "emperor_stats": host.emperor_stats},
+        "vassals": [
+            {"sess": v.sess, "stem": v.stem, "protocol": production.sesses[v.sess].protocol,
+             "address": v.address, "health_host": (hosts.get(v.sess) or ["localhost"])[0],
+             "health_path": production.acts[production.sesses[v.sess].act].health}
+            for v in vassals.values()
+        ],
+        "gigs": [
+            {"name": gig.name, "sess": gig.sess, "host": production.venues[gig.venue].domain,
+             "connect": _connect_address(production.venues[gig.venue].listen),
+             "tls": production.venues[gig.venue].tls is not None,
+             "url": names.url_join(gig.path, production.acts[production.sesses[gig.sess].act].health)}
+            for gig in production.gigs.values()
+        ],
+    }
+    return (json.dumps(plan, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _connect_address(listen: str) -> str:
+    ip, _, port = listen.rpartition(":")
+    return f"{'127.0.0.1' if ip in ('', '0.0.0.0') else ip}:{port}"

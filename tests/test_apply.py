@@ -1,0 +1,279 @@
+"""`backstage apply` end to end: Debian's nginx, a compiled uWSGI Emperor and the showcase Django app,
+all private to a temporary directory on 127.0.0.1. Nothing skips: a missing component fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from backstage.sandbox import Sandbox, find_components
+from conftest import REPO, run_cli
+from loadgen import Load, Target
+
+SHOWCASE = REPO / "examples" / "apps" / "showcase"
+Generation = dict[str, str]
+
+
+@dataclass
+class Deployed:
+    sandbox: Sandbox
+    tmp: Path
+    artifacts: dict[int, Path]
+
+# Gigs every generation serves, by (host, path): each must answer below 500 at every instant.
+TARGETS = [("www.stage.test", "/"), ("www.stage.test", "/api/"), ("www.stage.test", "/old/"),
+           ("www.stage.test", "/new/"), ("quiet.stage.test", "/"), ("www.stage.test", "/static/hello.txt")]
+
+
+def production(tmp: Path, sandbox: Sandbox, gen: int, broken: bool = False) -> Path:
+    """Generation 1: site, api, old, keep. Generation 2 changes site (version) and the www Venue (an
+    alias, which reaches site's and api's BACKSTAGE_HOSTS), removes old, adds new, keeps keep."""
+    q = json.dumps
+    listen = q(sandbox.listen)
+    host = sandbox.host_table()
+    acts = "".join(f"""
+[acts.{name}]
+wsgi = "showcase.wsgi:application"
+path = {q(str(SHOWCASE))}
+settings = "showcase.settings"
+health = "/healthz"
+env = {{ SHOWCASE_VERSION = "{version}"{', SHOWCASE_BREAK_IMPORT = "1"' if broken and name == "site" else ""} }}
+{'static = { "/static/" = ' + q(str(SHOWCASE / "static") + "/") + " }" if name == "site" else ""}
+
+[sesses.{name}]
+act = "{name}"
+stage = "main"
+""" for name, version in _versions(gen).items())
+    gigs = {"site": ("www", "/"), "api": ("www", "/api/"), "old": ("www", "/old/"), "new": ("www", "/new/"),
+            "keep": ("quiet", "/")}
+    text = f"""
+[production]
+name = "stage"
+state_dir = {q(str(tmp / "state"))}
+run_dir = {q(str(tmp / "run"))}
+log_dir = {q(str(tmp / "log"))}
+
+[host]
+vassals_dir = {q(host["vassals_dir"])}
+nginx_dir = {q(host["nginx_dir"])}
+nginx = {json.dumps(host["nginx"])}
+nginx_user = {q(host["nginx_user"])}
+emperor_stats = {q(host["emperor_stats"])}
+
+[stages.main]
+virtualenv = {q(sys.prefix)}
+{acts}
+[venues.www]
+domain = "www.stage.test"
+aliases = {json.dumps(["stage.test"] + (["web.stage.test"] if gen >= 2 else []))}
+listen = {listen}
+
+[venues.quiet]
+domain = "quiet.stage.test"
+listen = {listen}
+""" + "".join(f'\n[gigs.{name}]\nvenue = "{venue}"\nsess = "{name}"\npath = "{path}"\n'
+              for name, (venue, path) in gigs.items() if name in _versions(gen))
+    path = tmp / f"gen{gen}{'-broken' if broken else ''}" / "production.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _versions(gen: int) -> Generation:
+    if gen == 1:
+        return {"site": "site-v1", "api": "api-v1", "old": "old-v1", "keep": "keep-v1"}
+    return {"site": "site-v2", "api": "api-v1", "new": "new-v1", "keep": "keep-v1"}
+
+
+def expected(gen: int) -> dict[tuple[str, str], str]:
+    """What each target's body starts with when generation `gen` is live."""
+    v = _versions(gen)
+    return {("www.stage.test", "/"): f"showcase {v['site']} script_name= ",
+            ("www.stage.test", "/api/"): f"showcase {v['api']} script_name=/api ",
+            ("www.stage.test", "/old/"): ("showcase old-v1 script_name=/old " if gen == 1
+                                          else f"showcase {v['site']} script_name= path=/old/"),
+            ("www.stage.test", "/new/"): ("showcase new-v1 script_name=/new " if gen == 2
+                                          else f"showcase {v['site']} script_name= path=/new/"),
+            ("quiet.stage.test", "/"): "showcase keep-v1 ",
+            ("www.stage.test", "/static/hello.txt"): "hello"}
+
+
+def live_generation(sandbox: Sandbox) -> int:
+    """Which generation answers; fails if the answers are a mix of two."""
+    bodies = {target: sandbox.get(*target).text for target in expected(1)}
+    matches = [gen for gen in (1, 2) if all(bodies[t].startswith(e) for t, e in expected(gen).items())]
+    assert len(matches) == 1, f"answers match no single generation: {bodies}"
+    return matches[0]
+
+
+def build(source: Path, out: Path) -> Path:
+    done = run_cli("build", str(source), "-o", str(out))
+    assert done.code == 0, done.err
+    return Path(done.out.strip())
+
+
+def apply(artifact: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    done = run_cli("apply", str(artifact), "--ready-timeout=20", "--health-timeout=10", *extra,
+                   env=None if env is None else os.environ | env)
+    return done.code, done.out, done.err
+
+
+def vassal_links(sandbox: Sandbox) -> list[str]:
+    return sorted(p.name for p in sandbox.vassals_dir.iterdir())
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    find_components()
+    tmp = tmp_path_factory.mktemp("apply")
+    with Sandbox(tmp / "sandbox") as sandbox:
+        artifacts = {gen: build(production(tmp, sandbox, gen), tmp / "build") for gen in (1, 2)}
+        yield Deployed(sandbox, tmp, artifacts)
+
+
+def test_generation_1_serves_every_gig(stage: Deployed) -> None:
+    sandbox = stage.sandbox
+    tmp = stage.tmp
+    artifacts = stage.artifacts
+    code, out, err = apply(artifacts[1])
+    assert code == 0, out + err
+    assert "start 4 vassal(s)" in out
+    assert live_generation(sandbox) == 1
+    for target, body in expected(1).items():
+        assert sandbox.get(*target).text.startswith(body), target
+    assert sorted(p.name for p in sandbox.nginx_dir.iterdir()) == ["backstage--stage.conf"]
+    assert len(vassal_links(sandbox)) == 4
+    assert os.readlink(tmp / "state" / "current") == f"generations/{artifacts[1].name}"
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(stage: Deployed) -> None:
+    sandbox = stage.sandbox
+    artifacts = stage.artifacts
+    before = vassal_links(sandbox)
+    code, out, _ = apply(artifacts[2], "--dry-run")
+    assert code == 0
+    lines = out.splitlines()
+    assert sum(line.startswith("start vassal stage--") for line in lines) == 3  # site, api, new
+    assert sum(line.startswith("keep  vassal stage--keep--") for line in lines) == 1
+    assert sum(line.startswith("stop  vassal stage--") for line in lines) == 3  # site, api, old
+    assert "nginx: reload" in lines
+    assert vassal_links(sandbox) == before and live_generation(sandbox) == 1
+
+
+def test_switch_to_generation_2_under_load_loses_no_request(stage: Deployed) -> None:
+    sandbox = stage.sandbox
+    artifacts = stage.artifacts
+    keep_before = {n: p for n, p in sandbox.vassal_pids().items() if "--keep--" in n}
+    assert len(keep_before) == 1
+    targets = [Target(host, path) for host, path in TARGETS]
+    with Load(sandbox.http_port, targets, clients=20, duration=10.0) as load:
+        code, out, err = apply(artifacts[2])
+    result = load.result
+    print(f"\nswitch under load: {result.summary()}")
+    assert code == 0, out + err
+    assert result.failures == [], result.summary()
+    assert result.total > 1000
+    assert all(result.per_target.get(t, 0) > 0 for t in TARGETS), result.per_target
+    assert live_generation(sandbox) == 2
+    assert {n: p for n, p in sandbox.vassal_pids().items() if "--keep--" in n} == keep_before
+    assert len(vassal_links(sandbox)) == 4 and not any("--old--" in n for n in vassal_links(sandbox))
+    assert sandbox.get("web.stage.test", "/").text.startswith("showcase site-v2 ")  # the Venue's new alias
+
+
+def test_generations_lists_both_and_marks_the_current(stage: Deployed) -> None:
+    tmp = stage.tmp
+    artifacts = stage.artifacts
+    done = run_cli("generations", str(tmp / "state"))
+    assert done.code == 0, done.err
+    lines = done.out.splitlines()
+    assert [line.split()[-2] if line.startswith("*") else line.split()[0] for line in lines] == [
+        artifacts[1].name, artifacts[2].name]
+    assert lines[-1].startswith(f"* {artifacts[2].name}")
+
+
+def test_rollback_serves_generation_1_again(stage: Deployed) -> None:
+    sandbox = stage.sandbox
+    tmp = stage.tmp
+    artifacts = stage.artifacts
+    with Load(sandbox.http_port, [Target(h, p) for h, p in TARGETS], clients=20, duration=4.0) as load:
+        done = run_cli("rollback", str(production(tmp, sandbox, 2)), "--ready-timeout=20")
+    assert done.code == 0, done.err
+    assert load.result.failures == [], load.result.summary()
+    assert live_generation(sandbox) == 1
+    done = run_cli("rollback", str(tmp / "state"), "--to", artifacts[2].name.rsplit("-", 1)[1][:12])
+    assert done.code == 0, done.err
+    assert live_generation(sandbox) == 2
+
+
+def test_a_generation_that_cannot_import_rolls_back_by_itself(stage: Deployed) -> None:
+    sandbox = stage.sandbox
+    tmp = stage.tmp
+    artifacts = stage.artifacts
+    broken = build(production(tmp, sandbox, 2, broken=True), tmp / "build")
+    links_before = vassal_links(sandbox)
+    with Load(sandbox.http_port, [Target(h, p) for h, p in TARGETS], clients=20, duration=3.0) as load:
+        code, _, err = apply(broken, "--ready-timeout=8")
+    assert code == 1
+    assert "sess site" in err and "did not answer" in err
+    assert "RuntimeError" in err  # the tail of the vassal's log names the cause
+    assert load.result.failures == [], load.result.summary()
+    assert live_generation(sandbox) == 2 and vassal_links(sandbox) == links_before
+    assert os.readlink(tmp / "state" / "current") == f"generations/{artifacts[2].name}"
+
+
+@pytest.mark.parametrize("point", ["verified", "installed", "vassals-linked", "vassals-ready", "current-switched",
+                                   "nginx-reloaded", "gigs-checked", "stopping-old"])
+def test_kill_9_during_apply_leaves_one_generation_and_apply_converges(
+        point: str, stage: Deployed) -> None:
+    sandbox = stage.sandbox
+    artifacts = stage.artifacts
+    start, target = (2, 1) if live_generation(sandbox) == 2 else (1, 2)
+    code, _, err = apply(artifacts[target], env={"BACKSTAGE_TEST_CRASH_AT": point})
+    assert code == 1, err  # killed
+    assert live_generation(sandbox) in (start, target)
+    code, out, err = apply(artifacts[target])
+    assert code == 0, out + err
+    assert live_generation(sandbox) == target
+    desired = sorted(p.name for p in (artifacts[target] / "uwsgi").glob("*.ini"))
+    assert vassal_links(sandbox) == desired
+
+
+def test_a_tampered_artifact_is_refused_and_the_host_untouched(
+        stage: Deployed) -> None:
+    sandbox = stage.sandbox
+    tmp = stage.tmp
+    artifacts = stage.artifacts
+    copy = tmp / "tampered" / artifacts[1].name
+    shutil.copytree(artifacts[1], copy)
+    os.chmod(copy / "nginx", 0o755)
+    venue = copy / "nginx" / "www.conf"
+    os.chmod(venue, 0o644)
+    venue.write_text(venue.read_text().replace("server_tokens off;", "server_tokens on;"))
+    os.chmod(venue, 0o444)
+    links, live = vassal_links(sandbox), live_generation(sandbox)
+    code, _, err = apply(copy)
+    assert code == 1 and "nginx/www.conf was changed after the build" in err
+    assert vassal_links(sandbox) == links and live_generation(sandbox) == live
+
+
+def test_gc_keeps_the_current_and_every_generation_a_link_uses(
+        stage: Deployed) -> None:
+    sandbox, tmp = stage.sandbox, stage.tmp
+    kept = sorted(p.name for p in (tmp / "state" / "generations").iterdir())
+    done = run_cli("gc", str(tmp / "state"), "--keep", "1")
+    assert done.code == 0, done.err
+    left = sorted(p.name for p in (tmp / "state" / "generations").iterdir())
+    current = Path(os.readlink(tmp / "state" / "current")).name
+    assert current in left
+    for link in sandbox.vassals_dir.iterdir():
+        assert Path(os.readlink(link)).exists(), f"{link.name} lost its generation"
+    removed = set(kept) - set(left)
+    assert removed, "a broken generation nothing links to should have gone"
+    live_generation(sandbox)
