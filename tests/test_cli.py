@@ -90,7 +90,7 @@ def test_a_changed_input_always_rebuilds(tmp_path: Path) -> None:
 def test_a_cache_entry_without_its_artifact_rebuilds(tmp_path: Path) -> None:
     source = str(EXAMPLES / "minimal" / "production.toml")
     first = Path(run_cli("build", source, "-o", str(tmp_path)).out.strip())
-    artifact._remove_tree(first)
+    artifact.remove_tree(first)
     second = run_cli("build", source, "-o", str(tmp_path))
     assert "built:" in second.err and Path(second.out.strip()) == first and first.is_dir()
 

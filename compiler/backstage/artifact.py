@@ -116,14 +116,14 @@ def write(files: dict[str, render.File], outdir: Path, name: str) -> Path:
         except OSError:
             if not final.is_dir():
                 raise
-            _remove_tree(tmp)  # another build of the same content won the race
+            remove_tree(tmp)  # another build of the same content won the race
     except BaseException:
-        _remove_tree(tmp)
+        remove_tree(tmp)
         raise
     return final
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     if not path.exists():
         return
     for root, dirs, _ in os.walk(path):

@@ -96,6 +96,20 @@ def _gc(args: argparse.Namespace) -> int:
     return _installer_exit(apply.run_installer(script, "gc", f"--keep={args.keep}"))
 
 
+def _try(args: argparse.Namespace) -> int:
+    from . import tryout  # only `try` needs the sandbox
+
+    try:
+        maps = tryout.parse_path_map(args.path_map)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return tryout.run(args.file, args.port, maps)
+    except tryout.SandboxError as exc:
+        print(f"backstage try: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="backstage", description="Compile and deploy WSGI productions.")
     top.add_argument("--version", action="version", version=f"backstage {__version__}")
@@ -141,6 +155,11 @@ def parser() -> argparse.ArgumentParser:
     sub = verb("gc", _gc, "Delete old generations; never the current one or one a live link uses.")
     sub.add_argument("production", help="the production file or its state_dir")
     sub.add_argument("--keep", type=int, required=True, metavar="N", help="how many recent generations to keep")
+    sub = verb("try", _try, "Build a production and run it live in a private sandbox on 127.0.0.1.")
+    sub.add_argument("file")
+    sub.add_argument("--port", type=int, help="the port every Venue listens on (default: a free one)")
+    sub.add_argument("--path-map", action="append", default=[], metavar="/ABSOLUTE=DIR",
+                     help="run paths under /ABSOLUTE from DIR instead (repeatable)")
     return top
 
 
