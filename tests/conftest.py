@@ -1,12 +1,27 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis must not write into the repository (.hypothesis/ holds its example database and a
+# Unicode cache): everything goes to a private temporary directory.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="backstage-hypothesis-"))
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=2000, deadline=None, database=None, suppress_health_check=_SUPPRESS,
+                          print_blob=False)
+settings.register_profile("thorough", settings.get_profile("ci"), max_examples=10000)
+settings.register_profile("dev", settings.get_profile("ci"), max_examples=100)
+settings.register_profile("default", settings.get_profile("ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

@@ -10,7 +10,6 @@ from backstage import artifact, check, load, model
 from backstage.host import install as host
 from conftest import EXAMPLES, GOLDEN, example_cases
 
-
 # Copied verbatim from the package into every artifact: compared with its source, not kept in golden/.
 VERBATIM = {"install.py": Path(host.__file__).read_bytes()}
 

@@ -49,12 +49,24 @@ def _validator() -> jsonschema.protocols.Validator:
 def check(loaded: Loaded) -> None:
     """Raise InputError listing every problem in the production, sorted by line."""
     source = loaded.source
+    oversized = list(_oversized_tables(loaded.data, source))
+    if oversized:
+        raise InputError(oversized)  # validating 100,000 entries only to reject them all would take long
     found = list(_control_characters(loaded.data, (), source))
     flagged = {d.path for d in found}
     found += [d for d in _schema_errors(loaded.data, source) if d.path not in flagged]
     found += _Rules(loaded.data, source).run()
     if found:
         raise InputError(found)
+
+
+def _oversized_tables(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:
+    for key, rule in schema()["properties"].items():
+        limit = rule.get("maxProperties")
+        table = data.get(key)
+        if limit and isinstance(table, dict) and len(table) > limit:
+            yield source.diagnostic((key,), "BS106", f"{len(table)} entries; the limit is {limit}",
+                                    "split the production: one file should describe one host's sites")
 
 
 def _control_characters(value: Any, path: KeyPath, source: Source) -> Iterator[Diagnostic]:
@@ -103,9 +115,9 @@ def _describe(error: jsonschema.ValidationError, source: Source) -> Iterator[Dia
         path = (*path, instance)
     code = _GENERIC_CODES["type"] if keyword == "type" else sub.get("x-code") or _GENERIC_CODES.get(keyword, "BS100")
     if keyword == "type":
-        expected = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
+        expected = [_TOML_WORDS.get(t, t) for t in (sub["type"] if isinstance(sub["type"], list) else [sub["type"]])]
         yield source.diagnostic(path, code, f"expected {' or '.join(expected)}, got {_toml_type(instance)}",
-                                _expectation(error))
+                                _expectation(error) or sub.get("description") or f"write a TOML {expected[0]}")
     elif keyword in ("enum", "const"):
         choices = sub.get("enum", [sub.get("const")])
         hint = _did_you_mean(str(instance), [str(c) for c in choices]) if isinstance(instance, str) else ""
@@ -136,6 +148,10 @@ def _expectation(error: jsonschema.ValidationError) -> str:
 def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+_TOML_WORDS = {"object": "table", "array": "array", "string": "string", "integer": "integer",
+               "boolean": "boolean", "number": "number"}
 
 
 def _toml_type(value: Any) -> str:
@@ -172,7 +188,9 @@ class _Rules:
         self.references()
         self.claimed_names()
         self.ports()
+        self.tls_per_port()
         self.locations()
+        self.settings_twice()
         self.needs_cycles()
         self.static_slashes()
         self.socket_lengths()
@@ -229,6 +247,29 @@ class _Rules:
                             "give each Sess its own port, or drop `port` to use a unix socket")
             taken.setdefault(port, f"sess `{name}`")
 
+    def tls_per_port(self) -> None:
+        # nginx's `ssl` belongs to the listening socket: every server on a port is TLS, or none is.
+        first: dict[int, tuple[str, bool]] = {}
+        for name, venue in self.venues.items():
+            port = _listen_port(venue)
+            if port is None:
+                continue
+            tls = "tls" in venue
+            other, other_tls = first.setdefault(port, (name, tls))
+            if other_tls != tls:
+                self.report(("venues", name, "listen" if "listen" in venue else "tls"), "BS208",
+                            f"port {port} is {'TLS' if other_tls else 'plain HTTP'} for venue `{other}` but "
+                            f"{'TLS' if tls else 'plain HTTP'} here",
+                            "give TLS and plain-HTTP venues different ports")
+
+    def settings_twice(self) -> None:
+        for name, act in self.acts.items():
+            env = act.get("env")
+            if "settings" in act and isinstance(env, dict) and "DJANGO_SETTINGS_MODULE" in env:
+                self.report(("acts", name, "env", "DJANGO_SETTINGS_MODULE"), "BS113",
+                            "DJANGO_SETTINGS_MODULE is already set by this Act's `settings`",
+                            "keep one of the two")
+
     def locations(self) -> None:
         owners: dict[tuple[str, str], str] = {}
         for name, gig in self.gigs.items():
@@ -249,7 +290,7 @@ class _Rules:
                 continue
             for prefix in static:
                 key = (venue, names.url_join(path, prefix))
-                if key in owners and owners[key] != f"gig `{name}`":
+                if key in owners:
                     self.report(("gigs", name), "BS204",
                                 f"static files of this Gig would be served at `{key[1]}`, which venue `{venue}` "
                                 f"already routes to {owners[key]}",
@@ -277,7 +318,8 @@ class _Rules:
         for name, act in self.acts.items():
             static = act.get("static")
             for prefix, directory in (static.items() if isinstance(static, dict) else []):
-                if isinstance(directory, str) and directory.startswith("/") and not directory.endswith("/"):
+                if (isinstance(directory, str) and prefix.endswith("/") and directory.startswith("/")
+                        and not directory.endswith("/")):
                     self.report(("acts", name, "static", prefix), "BS206",
                                 f"static prefix `{prefix}` ends with '/' but directory `{directory}` does not",
                                 f"write `{directory}/`: with nginx `alias`, a mismatch serves files outside "

@@ -43,6 +43,7 @@ CODES: dict[str, str] = {
     "BS205": "`needs` forms a cycle",
     "BS206": "a static prefix and its directory disagree on the trailing slash",
     "BS207": "a generated unix socket path is too long",
+    "BS208": "TLS and plain-HTTP venues share a port",
 }
 
 
@@ -59,7 +60,8 @@ class Diagnostic:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}: {self.code}"
         text = f"{where} {self.path}: {self.message}" if self.path else f"{where} {self.message}"
-        return f"{text}\n    hint: {self.hint}" if self.hint else text
+        text = _visible(text)
+        return f"{text}\n    hint: {_visible(self.hint)}" if self.hint else text
 
     def sort_key(self) -> tuple[int, int, str, str, str]:
         return (self.line, self.col, self.path, self.code, self.message)
@@ -71,6 +73,11 @@ class InputError(Exception):
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics: list[Diagnostic] = sorted(set(diagnostics), key=Diagnostic.sort_key)
         super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+def _visible(text: str) -> str:
+    """Input echoed in a message must not forge lines or drive the terminal: escape what is not printable."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> str:

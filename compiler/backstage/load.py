@@ -24,14 +24,15 @@ class Source:
 
     name: str
     text: str
-    _positions: dict[KeyPath, tuple[int, int]] | None = field(default=None, repr=False)
+    _scanner: _KeyScanner | None = field(default=None, repr=False)
 
     def locate(self, path: KeyPath) -> tuple[int, int]:
         """Line and column of the deepest key on `path` that the file spells out."""
-        if self._positions is None:
-            self._positions = _KeyScanner(self.text).scan()
+        if self._scanner is None:
+            self._scanner = _KeyScanner(self.text)
+        positions = self._scanner.scan_until(path)
         for end in range(len(path), 0, -1):
-            found = self._positions.get(path[:end])
+            found = positions.get(path[:end])
             if found:
                 return found
         return (1, 1)
@@ -84,7 +85,22 @@ def load_bytes(raw: bytes, name: str) -> Loaded:
         message = _TOML_WHERE.sub("", message).strip()
         raise InputError([Diagnostic(name, line, col, "BS003", "", message,
                                      "see https://toml.io/en/v1.0.0 for the syntax")]) from None
+    except RecursionError:
+        raise InputError([Diagnostic(name, _deep_line(text), 1, "BS003", "",
+                                     "arrays or inline tables are nested too deeply to read",
+                                     "a production file needs only a few levels of nesting")]) from None
     return Loaded(data, Source(name, text), hashlib.sha256(raw).hexdigest())
+
+
+def _deep_line(text: str, limit: int = 100) -> int:
+    """The first line where brackets nest deeper than `limit` (strings ignored: a rough place is enough)."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        for char in line:
+            depth += (char in "[{") - (char in "]}")
+            if depth > limit:
+                return number
+    return 1
 
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
@@ -110,15 +126,16 @@ class _KeyScanner:
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.positions: dict[KeyPath, tuple[int, int]] = {}
         self.array_tables: dict[KeyPath, int] = {}
+        self.table: KeyPath = ()
 
-    def scan(self) -> dict[KeyPath, tuple[int, int]]:
-        table: KeyPath = ()
-        while self._skip_blank(newlines=True):
+    def scan_until(self, wanted: KeyPath) -> dict[KeyPath, tuple[int, int]]:
+        """Scan on from where the last call stopped, until `wanted` is placed or the text ends."""
+        while wanted not in self.positions and self._skip_blank(newlines=True):
             try:
                 if self.text[self.i] == "[":
-                    table = self._header()
+                    self.table = self._header()
                 else:
-                    self._assignment(table)
+                    self._assignment(self.table)
             except (AssertionError, ValueError, IndexError, tomllib.TOMLDecodeError):
                 pass  # a construct this scanner does not follow: keep what was placed so far
             end = self.text.find("\n", self.i)

@@ -19,8 +19,13 @@ def vassal_stem(production: str, sess: str, content_hash: str) -> str:
     return f"{production}--{sess}--{content_hash}"
 
 
+def in_dir(directory: str, name: str) -> str:
+    """directory/name, also when directory is '/'."""
+    return f"{directory.rstrip('/')}/{name}"
+
+
 def socket_path(run_dir: str, production: str, sess: str, content_hash: str) -> str:
-    return f"{run_dir.rstrip('/')}/{vassal_stem(production, sess, content_hash)}.sock"
+    return in_dir(run_dir, f"{vassal_stem(production, sess, content_hash)}.sock")
 
 
 def env_prefix(sess: str) -> str:

@@ -74,7 +74,7 @@ def render(production: Production) -> dict[str, File]:
     for name, gigs in booked.items():
         files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, vassals))
     include = _template(escape.nginx, "include.conf.j2").render(
-        production=production.name, pattern=f"{production.state_dir}/current/nginx/*.conf")
+        production=production.name, pattern=names.in_dir(production.state_dir, "current/nginx/*.conf"))
     files["include.conf"] = File(include.encode())
     files["apply.json"] = File(_apply_plan(production, vassals))
     for stage in production.stages.values():
@@ -138,7 +138,7 @@ def _vassal_context(production: Production, sess: Sess, hosts: list[str],
         "socket_owner": stage.uid or production.host.nginx_user,
         "nginx_user": production.host.nginx_user,
         "env": env,
-        "logto": f"{production.log_dir}/{sess.name}.log",
+        "logto": names.in_dir(production.log_dir, f"{sess.name}.log"),
         "options": list(sess.uwsgi),
     }
 
