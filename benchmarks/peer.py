@@ -1,0 +1,126 @@
+"""The peer: ansible-core's `template` module rendering the same vassal and nginx files.
+
+Ansible's template module cannot take a Jinja2 `finalize`, so the contexts the floor computes are
+escaped here, ahead of time, with the very functions backstage's finalize uses; the templates
+themselves are the installed package's, unchanged. Preparing the vars file is not timed: it stands
+for the inventory and group_vars an Ansible user would already have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from backstage import escape
+from floor import vassal_contexts, venue_contexts
+from generate import generate
+
+ANSIBLE_REQUIREMENT = "ansible-core>=2.16,<2.20"
+
+# Ansible's documented way to give a template backstage's Environment settings (its `template`
+# module has no keep_trailing_newline option); Ansible drops this line before rendering.
+JINJA_HEADER = "#jinja2: trim_blocks: True, lstrip_blocks: True, keep_trailing_newline: True\n"
+
+PLAYBOOK = """\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars_files: [vars.json]
+  tasks:
+    - name: vassals
+      ansible.builtin.template:
+        src: vassal.ini.j2
+        dest: "{{ out }}/uwsgi/{{ item.file }}"
+        mode: "0444"
+      loop: "{{ vassals }}"
+      loop_control: {label: "{{ item.file }}"}
+      vars:
+        production: "{{ item.c.production }}"
+        sess: "{{ item.c.sess }}"
+        act: "{{ item.c.act }}"
+        stage: "{{ item.c.stage }}"
+        module: "{{ item.c.module }}"
+        socket_owner: "{{ item.c.socket_owner }}"
+        nginx_user: "{{ item.c.nginx_user }}"
+        env: "{{ item.c.env }}"
+        logto: "{{ item.c.logto }}"
+        options: "{{ item.c.options }}"
+        socket_option: "{{ item.c.socket_option }}"
+        bind: "{{ item.c.bind }}"
+    - name: venues
+      ansible.builtin.template:
+        src: venue.conf.j2
+        dest: "{{ out }}/nginx/{{ item.file }}"
+        mode: "0444"
+      loop: "{{ venues }}"
+      loop_control: {label: "{{ item.file }}"}
+      vars:
+        production: "{{ item.c.production }}"
+        venue: "{{ item.c.venue }}"
+        locations: "{{ item.c.locations }}"
+        has_root: "{{ item.c.has_root }}"
+"""
+
+
+def escaped(value: Any, finalize: Callable[[Any], str]) -> Any:
+    """`value` with every leaf that a template prints already passed through `finalize`."""
+    if value is None or (isinstance(value, bool) and finalize is escape.nginx):
+        return value  # only tested by `{% if %}`, never printed
+    if isinstance(value, dict):
+        return {k: escaped(v, finalize) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if finalize is escape.nginx and all(isinstance(v, str) for v in value):
+            return finalize(value)  # nginx prints a list as one space-separated directive argument
+        return [escaped(v, finalize) for v in value]
+    return finalize(value)
+
+
+def prepare(n: int, workdir: Path) -> Path:
+    """Write the playbook, its templates, vars and inventory into workdir; the caller gives `-e out=DIR`."""
+    data = generate(n)
+    vassals = [{"file": Path(rel).name, "c": escaped(c, escape.uwsgi_ini)} for rel, c in vassal_contexts(data)]
+    venues = [{"file": Path(rel).name, "c": escaped(c, escape.nginx)} for rel, c in venue_contexts(data)]
+    workdir.mkdir(parents=True, exist_ok=True)
+    templates = resources.files("backstage") / "templates"
+    for name in ("vassal.ini.j2", "venue.conf.j2", "uwsgi_params.j2"):
+        text = templates.joinpath(name).read_text("utf-8")
+        if name != "uwsgi_params.j2":
+            text = JINJA_HEADER + text
+        (workdir / name).write_text(text, "utf-8")
+    (workdir / "vars.json").write_text(json.dumps({"vassals": vassals, "venues": venues}), "utf-8")
+    (workdir / "playbook.yml").write_text(PLAYBOOK, "utf-8")
+    (workdir / "inventory").write_text(
+        "localhost ansible_connection=local ansible_python_interpreter='{{ ansible_playbook_python }}'\n", "utf-8")
+    return workdir / "playbook.yml"
+
+
+def command(ansible_playbook: Path, playbook: Path) -> list[str]:
+    """The timed command; the output dir must already hold uwsgi/ and nginx/."""
+    return [str(ansible_playbook), "-i", str(playbook.parent / "inventory"), "-c", "local", str(playbook)]
+
+
+def environment(scratch: Path) -> dict[str, str]:
+    """Ansible's settings, with every file it keeps for itself under `scratch` rather than in ~/.ansible."""
+    env = dict(os.environ)
+    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1",
+               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_DEPRECATION_WARNINGS="0",
+               ANSIBLE_HOME=str(scratch / "home"), ANSIBLE_LOCAL_TEMP=str(scratch / "local"),
+               ANSIBLE_REMOTE_TMP=str(scratch / "remote"))
+    return env
+
+
+def ensure_ansible(venv_dir: Path) -> Path:
+    """ansible-playbook from a venv of its own outside the repo, created on first use."""
+    tool = venv_dir / "bin" / "ansible-playbook"
+    if not tool.exists():
+        print(f"installing {ANSIBLE_REQUIREMENT} into {venv_dir} ...", file=sys.stderr, flush=True)
+        venv.create(venv_dir, with_pip=True)
+        subprocess.run([str(venv_dir / "bin" / "pip"), "install", "-q", ANSIBLE_REQUIREMENT], check=True)
+    return tool
