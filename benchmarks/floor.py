@@ -122,9 +122,11 @@ def main() -> int:
     vassal = environment(escape.uwsgi_ini).get_template("vassal.ini.j2")
     for rel, context in vassal_contexts(data):
         (out / rel).write_text(vassal.render(context), "utf-8")
-    venue = environment(escape.nginx).get_template("venue.conf.j2")
+    nginx = environment(escape.nginx)
+    venue = nginx.get_template("venue.conf.j2")
+    params = escape.Verbatim(nginx.get_template("uwsgi_params.j2").render())  # as render.py: once
     for rel, context in venue_contexts(data):
-        (out / rel).write_text(venue.render(context), "utf-8")
+        (out / rel).write_text(venue.render(context, uwsgi_params=params), "utf-8")
     return 0
 
 

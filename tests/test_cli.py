@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from backstage import artifact
+from backstage import artifact, render
 from conftest import EXAMPLES, REPO, example_cases, run_cli
 
 
@@ -59,7 +59,7 @@ def test_default_output_is_build_in_the_working_directory(tmp_path: Path) -> Non
 def test_the_artifact_name_is_the_hash_of_its_content(tmp_path: Path) -> None:
     run = run_cli("build", str(EXAMPLES / "minimal" / "production.toml"), "-o", str(tmp_path))
     path = Path(run.out.strip())
-    files = {rel: artifact.render.File(content, mode) for rel, (mode, content) in tree(path).items()}
+    files = {rel: render.File(content, mode) for rel, (mode, content) in tree(path).items()}
     assert path.name == f"minimal-{artifact.tree_hash(files)[:32]}"
 
 

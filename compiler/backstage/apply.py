@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from . import check, load, model
 from .host import install
 
 
@@ -29,6 +28,8 @@ def state_dir(production: str | Path) -> Path:
     path = Path(production)
     if path.is_dir():
         return path
+    from . import check, load, model  # only when given a production file rather than its state_dir
+
     loaded = load.load_file(path)
     check.check(loaded)
     return Path(model.build(loaded.data).state_dir)

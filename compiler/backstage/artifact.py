@@ -10,9 +10,16 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, check, escape, load, model, render
+from . import __version__
 from .host import install as host
+
+if TYPE_CHECKING:
+    from . import model, render
+
+# check, load, model and render are imported where they are used: a rebuild of unchanged input is
+# answered from the cache, and should cost little more than starting Python.
 
 MANIFEST = host.MANIFEST
 FORMAT = host.FORMAT
@@ -32,7 +39,7 @@ def compiler_digest() -> str:
     package = Path(__file__).parent
     for path in sorted([*package.glob("*.py"), *package.glob("host/*.py"), *package.glob("templates/*.j2")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(json.dumps(check.schema(), sort_keys=True).encode())
+    digest.update((package / "schema" / "production.schema.json").read_bytes())
     return digest.hexdigest()
 
 
@@ -44,6 +51,8 @@ def build(production_file: str | Path, outdir: str | Path) -> Built:
     if cached:
         _point_result(out, cached.path.name)
         return cached
+    from . import check, load, model
+
     loaded = load.load_bytes(raw, str(production_file))
     check.check(loaded)
     production = model.build(loaded.data)
@@ -60,11 +69,15 @@ def _read(production_file: str | Path) -> bytes:
     try:
         return Path(production_file).read_bytes()
     except OSError:
+        from . import load
+
         load.load_file(production_file)
         raise
 
 
 def assemble(production: model.Production, input_hash: str) -> dict[str, render.File]:
+    from . import render
+
     files = render.render(production)
     files["install.sh"] = render.File(_install_script(production), render.EXECUTABLE)
     files["install.py"] = render.File(Path(host.__file__).read_bytes())
@@ -83,6 +96,8 @@ def assemble(production: model.Production, input_hash: str) -> dict[str, render.
 
 
 def _install_script(production: model.Production) -> bytes:
+    from . import escape, render
+
     pythons = sorted({f"{stage.virtualenv.rstrip('/')}/bin/python3" for stage in production.stages.values()})
     template = render._template(escape.shell, "install.sh.j2")
     return template.render(production=production.name, pythons=[*pythons, "python3"]).encode()
@@ -99,17 +114,28 @@ def write(files: dict[str, render.File], outdir: Path, name: str) -> Path:
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=outdir))
     try:
-        dirs = set()
+        dirs: set[str] = set()
+        base = str(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
         for rel, f in files.items():
-            target = tmp / rel
-            if target.parent != tmp and target.parent not in dirs:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                dirs.add(target.parent)
-            with open(target, "xb") as handle:
-                handle.write(f.content)
-            os.chmod(target, f.mode)
-        for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
-            os.chmod(directory, 0o555)
+            parent = os.path.dirname(rel)
+            while parent and parent not in dirs:
+                os.makedirs(os.path.join(base, parent), exist_ok=True)
+                dirs.add(parent)
+                parent = os.path.dirname(parent)
+            path = os.path.join(base, rel)
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
+            try:
+                view = memoryview(f.content)
+                while view:
+                    view = view[os.write(handle, view):]
+            finally:
+                os.close(handle)
+            if f.mode & umask:  # the mode given at creation lost bits to the umask: the manifest has them
+                os.chmod(path, f.mode)
+        for directory in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+            os.chmod(os.path.join(base, directory), 0o555)
         os.chmod(tmp, 0o555)
         try:
             os.rename(tmp, final)

@@ -10,9 +10,15 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, apply, artifact, check, graph, load, model
+from . import __version__, apply, artifact
 from .errors import InputError, diagnostics_json
+
+if TYPE_CHECKING:
+    from . import model
+
+# Verbs import the phases they need: `build` of unchanged input must not pay for jsonschema or networkx.
 
 EXIT_INPUT = 1
 EXIT_USAGE = 2
@@ -36,12 +42,16 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _load_checked(path: str) -> model.Production:
+    from . import check, load, model
+
     loaded = load.load_file(path)
     check.check(loaded)
     return model.build(loaded.data)
 
 
 def _graph(args: argparse.Namespace) -> int:
+    from . import graph
+
     production = _load_checked(args.file)
     dot = graph.to_dot(production, graph.build(production))
     if args.format == "dot":
@@ -55,6 +65,8 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from . import check
+
     sys.stdout.write(json.dumps(check.schema(), indent=2, ensure_ascii=False) + "\n")
     return 0
 

@@ -58,12 +58,6 @@ def _template(finalize: Callable[[Any], str], name: str) -> jinja2.Template:
     return _environment(finalize).get_template(name)
 
 
-@cache
-def _template_digest(name: str) -> bytes:
-    source, _, _ = _environment(escape.uwsgi_ini).loader.get_source(_environment(escape.uwsgi_ini), name)
-    return hashlib.sha256(source.encode()).digest()
-
-
 def render(production: Production) -> dict[str, File]:
     """Every file of the artifact except manifest.json, keyed by relative path."""
     files: dict[str, File] = {}
@@ -98,22 +92,17 @@ def _render_vassals(production: Production, files: dict[str, File]) -> dict[str,
     for name in sesses_needed_first(production):
         sess = production.sesses[name]
         context = _vassal_context(production, sess, hosts.get(name, []), done)
-        digest = hashlib.sha256(_template_digest("vassal.ini.j2"))
-        digest.update(json.dumps(context, sort_keys=True, default=_plain).encode())
-        vassal = _address(production, sess, digest.hexdigest()[: names.HASH_LENGTH])
-        done[name] = vassal
+        # The name hashes the vassal's own text, rendered with a placeholder where its own socket goes.
+        # No production value can hold the placeholder: control characters are refused.
         text = template.render(context, socket_option="http-socket" if sess.protocol == "http" else "socket",
-                               bind=vassal.bind)
-        files[f"uwsgi/{vassal.stem}.ini"] = File(text.encode())
+                               bind=_BIND)
+        vassal = _address(production, sess, hashlib.sha256(text.encode()).hexdigest()[: names.HASH_LENGTH])
+        done[name] = vassal
+        files[f"uwsgi/{vassal.stem}.ini"] = File(text.replace(_BIND, vassal.bind).encode())
     return dict(sorted(done.items()))
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return {field: getattr(value, field) for field in value.__dataclass_fields__}
-    if hasattr(value, "items"):
-        return dict(value.items())
-    raise TypeError(type(value).__name__)
+_BIND = escape.Verbatim("\x00bind\x00")
 
 
 def _vassal_context(production: Production, sess: Sess, hosts: list[str],
@@ -156,6 +145,12 @@ def _address(production: Production, sess: Sess, content_hash: str) -> Vassal:
     return Vassal(sess.name, stem, bind, upstream, address)
 
 
+@cache
+def _uwsgi_params() -> escape.Verbatim:
+    """The artifact's own uwsgi_params: fixed text, rendered once and written into each uwsgi location."""
+    return escape.Verbatim(_template(escape.nginx, "uwsgi_params.j2").render())
+
+
 def _render_venue(production: Production, venue_name: str, gigs: list[Gig],
                   vassals: dict[str, Vassal]) -> bytes:
     locations: list[dict[str, Any]] = []
@@ -175,6 +170,7 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig],
                               "directory": directory})
     locations.sort(key=lambda loc: loc["path"])
     text = _template(escape.nginx, "venue.conf.j2").render(
+        uwsgi_params=_uwsgi_params(),
         production=production.name,
         venue=production.venues[venue_name],
         locations=locations,
@@ -209,7 +205,20 @@ def _apply_plan(production: Production, vassals: dict[str, Vassal]) -> bytes:
             for gig in production.gigs.values()
         ],
     }
-    return (json.dumps(plan, indent=2, sort_keys=True) + "\n").encode()
+    return _json_lines(plan)
+
+
+def _json_lines(plan: dict[str, Any]) -> bytes:
+    """JSON with each top-level key, and each item of a top-level list, on a line of its own: readable
+    in a diff, and written by json's C encoder (indent= would use the slow pure-Python one)."""
+    lines = []
+    for key, value in sorted(plan.items()):
+        if isinstance(value, list):
+            items = ",\n".join(f"    {json.dumps(item, sort_keys=True)}" for item in value)
+            lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]" if value else f"  {json.dumps(key)}: []")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
 def _connect_address(listen: str) -> str:

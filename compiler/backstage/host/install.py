@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import struct
 import subprocess
 import sys
@@ -256,6 +255,8 @@ def http_request(address: str, host: str, path: str, timeout: float, tls: bool =
     with connect(address, timeout) as raw:
         sock = raw
         if tls:
+            import ssl  # only TLS Venues need it
+
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE  # a health check, not a trust decision
