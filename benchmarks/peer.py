@@ -89,12 +89,13 @@ def prepare(n: int, workdir: Path) -> Path:
     venues = [{"file": Path(rel).name, "c": escaped(c, escape.nginx)} for rel, c in venue_contexts(data)]
     workdir.mkdir(parents=True, exist_ok=True)
     templates = resources.files("backstage") / "templates"
-    for name in ("vassal.ini.j2", "venue.conf.j2", "uwsgi_params.j2"):
+    for name in ("vassal.ini.j2", "venue.conf.j2"):
         text = templates.joinpath(name).read_text("utf-8")
-        if name != "uwsgi_params.j2":
-            text = JINJA_HEADER + text
-        (workdir / name).write_text(text, "utf-8")
-    (workdir / "vars.json").write_text(json.dumps({"vassals": vassals, "venues": venues}), "utf-8")
+        (workdir / name).write_text(JINJA_HEADER + text, "utf-8")
+    # Fixed text with no variables: backstage renders it once and passes it to every venue, as here.
+    params = templates.joinpath("uwsgi_params.j2").read_text("utf-8")
+    (workdir / "vars.json").write_text(json.dumps({"vassals": vassals, "venues": venues, "uwsgi_params": params}),
+                                       "utf-8")
     (workdir / "playbook.yml").write_text(PLAYBOOK, "utf-8")
     (workdir / "inventory").write_text(
         "localhost ansible_connection=local ansible_python_interpreter='{{ ansible_playbook_python }}'\n", "utf-8")
