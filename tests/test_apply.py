@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from backstage.sandbox import Sandbox, find_components
+from backstage.sandbox import Sandbox, find_components, free_port
 from conftest import REPO, run_cli
 from loadgen import Load, Target
 
@@ -32,7 +32,8 @@ TARGETS = [("www.stage.test", "/"), ("www.stage.test", "/api/"), ("www.stage.tes
            ("www.stage.test", "/new/"), ("quiet.stage.test", "/"), ("www.stage.test", "/static/hello.txt")]
 
 
-def production(tmp: Path, sandbox: Sandbox, gen: int, broken: bool = False) -> Path:
+def production(tmp: Path, sandbox: Sandbox, gen: int, broken: bool = False, extra: str = "",
+               label: str = "") -> Path:
     """Generation 1: site, api, old, keep. Generation 2 changes site (version) and the www Venue (an
     alias, which reaches site's and api's BACKSTAGE_HOSTS), removes old, adds new, keeps keep."""
     q = json.dumps
@@ -80,9 +81,9 @@ domain = "quiet.stage.test"
 listen = {listen}
 """ + "".join(f'\n[gigs.{name}]\nvenue = "{venue}"\nsess = "{name}"\npath = "{path}"\n'
               for name, (venue, path) in gigs.items() if name in _versions(gen))
-    path = tmp / f"gen{gen}{'-broken' if broken else ''}" / "production.toml"
+    path = tmp / f"gen{gen}{'-broken' if broken else ''}{label}" / "production.toml"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(text)
+    path.write_text(text + extra)
     return path
 
 
@@ -163,7 +164,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(stage: Deployed) -> None:
     assert sum(line.startswith("start vassal stage--") for line in lines) == 3  # site, api, new
     assert sum(line.startswith("keep  vassal stage--keep--") for line in lines) == 1
     assert sum(line.startswith("stop  vassal stage--") for line in lines) == 3  # site, api, old
-    assert "nginx: reload" in lines
+    assert "nginx: test and reload" in lines
     assert vassal_links(sandbox) == before and live_generation(sandbox) == 1
 
 
@@ -277,3 +278,48 @@ def test_gc_keeps_the_current_and_every_generation_a_link_uses(
     removed = set(kept) - set(left)
     assert removed, "a broken generation nothing links to should have gone"
     live_generation(sandbox)
+
+
+def with_port_sess(version: str, port: int) -> str:
+    return f"""
+[acts.svc]
+wsgi = "showcase.wsgi:application"
+path = {json.dumps(str(SHOWCASE))}
+settings = "showcase.settings"
+health = "/healthz"
+env = {{ SHOWCASE_VERSION = "{version}" }}
+
+[sesses.svc]
+act = "svc"
+stage = "main"
+protocol = "http"
+port = {port}
+
+[gigs.svc]
+venue = "quiet"
+sess = "svc"
+path = "/svc/"
+"""
+
+
+def test_a_changed_sess_on_the_same_port_is_refused_and_a_new_port_switches(stage: Deployed) -> None:
+    sandbox, tmp = stage.sandbox, stage.tmp
+    first, second = free_port(), free_port()
+    one = build(production(tmp, sandbox, 2, extra=with_port_sess("svc-1", first), label="-svc1"), tmp / "build")
+    code, out, err = apply(one)
+    assert code == 0, out + err
+    assert sandbox.get("quiet.stage.test", "/svc/").text.startswith("showcase svc-1 ")
+    links = vassal_links(sandbox)
+    same_port = build(production(tmp, sandbox, 2, extra=with_port_sess("svc-2", first), label="-svc2"),
+                      tmp / "build")
+    code, _, err = apply(same_port)
+    assert code == 1 and "keeps its TCP port" in err and f"127.0.0.1:{first}" in err, err
+    assert vassal_links(sandbox) == links
+    assert sandbox.get("quiet.stage.test", "/svc/").text.startswith("showcase svc-1 ")
+    new_port = build(production(tmp, sandbox, 2, extra=with_port_sess("svc-2", second), label="-svc3"),
+                     tmp / "build")
+    with Load(sandbox.http_port, [Target("quiet.stage.test", "/svc/")], clients=20, duration=3.0) as load:
+        code, out, err = apply(new_port)
+    assert code == 0, out + err
+    assert load.result.failures == [], load.result.summary()
+    assert sandbox.get("quiet.stage.test", "/svc/").text.startswith("showcase svc-2 ")

@@ -152,6 +152,8 @@ CASES: list[tuple[str, str, str, str]] = [
      "stages.main.uwsgi.exec-as-root"),
     ("uwsgi-hook", add("[sesses.blog.uwsgi]\nhook-pre-app = \"exec:id\" # <-\n"), "BS116",
      "sesses.blog.uwsgi.hook-pre-app"),
+    ("uwsgi-protocol", add("[sesses.blog.uwsgi]\nsocket-protocol = \"http\" # <-\n"), "BS116",
+     "sesses.blog.uwsgi.socket-protocol"),
     ("uwsgi-value-type", add("[sesses.blog.uwsgi]\nharakiri = 1.5 # <-\n"), "BS100", "sesses.blog.uwsgi.harakiri"),
     ("uwsgi-value-expansion", add("[sesses.blog.uwsgi]\nprocname = \"@(/etc/passwd)\" # <-\n"), "BS117",
      "sesses.blog.uwsgi.procname"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import cache
@@ -79,7 +78,6 @@ def assemble(production: model.Production, input_hash: str) -> dict[str, render.
     from . import render
 
     files = render.render(production)
-    files["install.sh"] = render.File(_install_script(production), render.EXECUTABLE)
     files["install.py"] = render.File(Path(host.__file__).read_bytes())
     manifest = {
         "backstage": __version__,
@@ -93,14 +91,6 @@ def assemble(production: model.Production, input_hash: str) -> dict[str, render.
     }
     files[MANIFEST] = render.File((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return dict(sorted(files.items()))
-
-
-def _install_script(production: model.Production) -> bytes:
-    from . import escape, render
-
-    pythons = sorted({f"{stage.virtualenv.rstrip('/')}/bin/python3" for stage in production.stages.values()})
-    template = render._template(escape.shell, "install.sh.j2")
-    return template.render(production=production.name, pythons=[*pythons, "python3"]).encode()
 
 
 def tree_hash(files: dict[str, render.File]) -> str:
@@ -149,23 +139,11 @@ def write(files: dict[str, render.File], outdir: Path, name: str) -> Path:
     return final
 
 
-def remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for root, dirs, _ in os.walk(path):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-    os.chmod(path, 0o755)
-    shutil.rmtree(path)
+remove_tree = host.remove_tree
 
 
 def _point_result(outdir: Path, name: str) -> None:
-    link = outdir / "result"
-    tmp = outdir / f".result-{os.getpid()}"
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(name, tmp)
-    os.replace(tmp, link)
+    host.link(Path(name), outdir / "result")
 
 
 def _cache_file(outdir: Path, key: str) -> Path:

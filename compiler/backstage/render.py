@@ -59,9 +59,10 @@ def _template(finalize: Callable[[Any], str], name: str) -> jinja2.Template:
 
 
 def render(production: Production) -> dict[str, File]:
-    """Every file of the artifact except manifest.json, keyed by relative path."""
+    """Every rendered file of the artifact, keyed by relative path (artifact adds install.py and the manifest)."""
     files: dict[str, File] = {}
-    vassals = _render_vassals(production, files)
+    hosts = _hosts_by_sess(production)
+    vassals = _render_vassals(production, hosts, files)
     booked: dict[str, list[Gig]] = {name: [] for name in production.venues}
     for gig in production.gigs.values():
         booked[gig.venue].append(gig)
@@ -70,7 +71,11 @@ def render(production: Production) -> dict[str, File]:
     include = _template(escape.nginx, "include.conf.j2").render(
         production=production.name, pattern=names.in_dir(production.state_dir, "current/nginx/*.conf"))
     files["include.conf"] = File(include.encode())
-    files["apply.json"] = File(_apply_plan(production, vassals))
+    files["apply.json"] = File(_apply_plan(production, hosts, vassals))
+    pythons = sorted({names.in_dir(stage.virtualenv, "bin/python3") for stage in production.stages.values()})
+    script = _template(escape.shell, "install.sh.j2").render(production=production.name,
+                                                              pythons=[*pythons, "python3"])
+    files["install.sh"] = File(script.encode(), EXECUTABLE)
     for stage in production.stages.values():
         if stage.requirements:
             text = _template(escape.text_line, "requirements.txt.j2").render(production=production.name, stage=stage)
@@ -85,17 +90,19 @@ def _hosts_by_sess(production: Production) -> dict[str, list[str]]:
     return {sess: sorted(names) for sess, names in hosts.items()}
 
 
-def _render_vassals(production: Production, files: dict[str, File]) -> dict[str, Vassal]:
-    hosts = _hosts_by_sess(production)
+def _render_vassals(production: Production, hosts: dict[str, list[str]],
+                    files: dict[str, File]) -> dict[str, Vassal]:
     template = _template(escape.uwsgi_ini, "vassal.ini.j2")
     done: dict[str, Vassal] = {}
     for name in sesses_needed_first(production):
         sess = production.sesses[name]
         context = _vassal_context(production, sess, hosts.get(name, []), done)
-        # The name hashes the vassal's own text, rendered with a placeholder where its own socket goes.
-        # No production value can hold the placeholder: control characters are refused.
+        # The name hashes the vassal's own text. A unix socket's path holds that name, so it is hashed
+        # as a placeholder (no production value can hold one: control characters are refused); a TCP
+        # bind is hashed as itself, so a changed port is a new vassal.
+        bind = escape.Verbatim(f"127.0.0.1:{sess.port}") if sess.port else _BIND
         text = template.render(context, socket_option="http-socket" if sess.protocol == "http" else "socket",
-                               bind=_BIND)
+                               bind=bind)
         vassal = _address(production, sess, hashlib.sha256(text.encode()).hexdigest()[: names.HASH_LENGTH])
         done[name] = vassal
         files[f"uwsgi/{vassal.stem}.ini"] = File(text.replace(_BIND, vassal.bind).encode())
@@ -179,9 +186,8 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig],
     return text.encode()
 
 
-def _apply_plan(production: Production, vassals: dict[str, Vassal]) -> bytes:
+def _apply_plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str, Vassal]) -> bytes:
     """What the host side (host/install.py) needs to switch, probe and check, as JSON."""
-    hosts = _hosts_by_sess(production)
     host = production.host
     plan = {
         "production": production.name,

@@ -70,38 +70,56 @@ def tree_hash(entries: Iterator[tuple[str, int, bytes]]) -> str:
     return digest.hexdigest()
 
 
-def verify(artifact: Path) -> dict[str, Any]:
-    """Refuse an artifact whose files differ in any way from what its manifest and name promise."""
+def verify(artifact: Path, name: str | None = None) -> dict[str, Any]:
+    """Refuse an artifact whose files differ in any way from what its manifest and name promise.
+
+    `name` is the name the tree must hash to, when it is checked under another (a copy in progress).
+    """
     try:
         manifest = json.loads((artifact / MANIFEST).read_bytes())
     except (OSError, ValueError) as exc:
         raise Refused(f"{artifact}: unreadable {MANIFEST}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise Refused(f"{artifact}: {MANIFEST} is not a backstage manifest")
+    if manifest.get("format") != FORMAT:
         raise Refused(f"{artifact}: artifact format {manifest.get('format')!r} (backstage "
                       f"{manifest.get('backstage')!r}) is not format {FORMAT}; use the matching backstage")
     found: dict[str, tuple[int, bytes]] = {}
     for root, dirs, files in os.walk(artifact):
-        for name in dirs + files:
-            path = Path(root, name)
+        for entry in dirs + files:
+            path = Path(root, entry)
             rel = str(path.relative_to(artifact))
             if path.is_symlink():
                 raise Refused(f"{artifact}: {rel} is a symlink (to {os.readlink(path)}); artifacts hold none")
-            if name in files:
+            if entry in files:
                 found[rel] = (path.stat().st_mode & 0o777, path.read_bytes())
-    listed = {f["path"]: f for f in manifest.get("files", [])}
+    try:
+        listed = {f["path"]: f for f in manifest["files"]}
+    except (TypeError, KeyError):
+        raise Refused(f"{artifact}: {MANIFEST} lists its files wrongly") from None
     missing = sorted(set(listed) - set(found))
     extra = sorted(set(found) - set(listed) - {MANIFEST})
     if missing or extra:
         raise Refused(f"{artifact}: files missing {missing or '[]'}, files not in the manifest {extra or '[]'}")
     for rel, entry in sorted(listed.items()):
         mode, content = found[rel]
-        if hashlib.sha256(content).hexdigest() != entry["sha256"] or f"{mode:04o}" != entry["mode"]:
+        if hashlib.sha256(content).hexdigest() != entry.get("sha256") or f"{mode:04o}" != entry.get("mode"):
             raise Refused(f"{artifact}: {rel} was changed after the build (content or mode)")
     expected = tree_hash((rel, mode, content) for rel, (mode, content) in found.items())
-    name = f"{manifest.get('production')}-{expected[:32]}"
-    if artifact.name != name:
-        raise Refused(f"{artifact}: the manifest does not match the artifact (its content hashes to {name})")
+    hashed = f"{manifest.get('production')}-{expected[:32]}"
+    if (name or artifact.name) != hashed:
+        raise Refused(f"{artifact}: the manifest does not match the artifact (its content hashes to {hashed})")
     return manifest
+
+
+def read_plan(artifact: Path) -> dict[str, Any]:
+    try:
+        plan = json.loads((artifact / PLAN).read_text())
+    except (OSError, ValueError) as exc:
+        raise Refused(f"{artifact}: unreadable {PLAN}: {exc}") from None
+    if not isinstance(plan, dict):
+        raise Refused(f"{artifact}: {PLAN} is not a backstage plan")
+    return plan
 
 
 def nginx_command(plan: dict[str, Any]) -> list[str]:
@@ -184,8 +202,16 @@ class State:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.generations))
         os.rmdir(tmp)
         shutil.copytree(artifact, tmp, symlinks=True)
+        verify(tmp, artifact.name)  # what lands in generations/ is checked, not only its source
         os.rename(tmp, target)
         return target
+
+    def last_good(self) -> str | None:
+        """The generation most recently made live successfully, if it is still kept."""
+        for _, name, outcome in reversed(self.entries()):
+            if outcome == "ok" and (self.generations / name).is_dir():
+                return name
+        return None
 
     def live_vassals(self) -> dict[str, Path]:
         """This production's vassal links in vassals_dir; other productions' vassals are never looked at."""
@@ -419,34 +445,44 @@ def plan_switch(state: State, plan: dict[str, Any]) -> dict[str, list[str]]:
     }
 
 
-def nginx_changes(state: State, generation: Path) -> bool:
-    current = state.current_name()
-    if current is None or not state.nginx_link.is_symlink():
-        return True
-    old = state.generations / current
+def port_clashes(state: State, plan: dict[str, Any], steps: dict[str, list[str]]) -> list[str]:
+    """New vassals that would bind a TCP port a vassal on its way out still holds.
 
-    def servers(root: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(root.glob("nginx/*.conf"))}
+    Blue/green needs both vassals listening at once; on one port they cannot, so such a switch could
+    not be made without dropping requests, and is refused.
+    """
+    leaving: dict[str, str] = {}
+    for name in steps["stop"]:
+        with contextlib.suppress(OSError):
+            for line in (state.vassals_dir / name).read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() in ("socket", "http-socket") and not value.strip().startswith("/"):
+                    leaving[value.strip()] = name
+    starting = {v["stem"] + ".ini": v["address"] for v in plan["vassals"]}
+    return [f"{name} binds {starting[name]}, which {leaving[starting[name]]} holds until it stops"
+            for name in steps["start"] if starting[name] in leaving]
 
-    return servers(old) != servers(generation)
 
-
-def switch(artifact: Path, options: argparse.Namespace) -> int:
-    plan = json.loads((artifact / PLAN).read_text())
-    state = State(plan)
+def switch(artifact: Path, options: argparse.Namespace, locked: bool = False) -> int:
     verify(artifact)
+    plan = read_plan(artifact)
+    state = State(plan)
     hermetic_nginx_test(plan, artifact)
     crash_point("verified")
-    with state.lock(options.lock_wait):
+    with contextlib.nullcontext() if locked else state.lock(options.lock_wait):
         steps = plan_switch(state, plan)
+        clashes = port_clashes(state, plan, steps)
+        if clashes:
+            raise Refused("a changed Sess keeps its TCP port, so old and new cannot run side by side: "
+                          + "; ".join(clashes) + ". Give it a new port, or drop `port` for a unix socket.")
         if options.dry_run:
-            reload = nginx_changes(state, artifact)
             for verb in ("start", "keep", "stop"):
                 for name in steps[verb]:
                     print(f"{verb:5} vassal {name}")
-            print(f"nginx: {'reload' if reload else 'unchanged'}")
+            print("nginx: test and reload")
             return 0
-        previous = state.current_name()
+        # After an interrupted apply `current` may already name the new generation: undo to what was live.
+        previous = state.last_good() or state.current_name()
         state.record(artifact.name, "start")
         generation = state.install(artifact)
         crash_point("installed")
@@ -528,31 +564,33 @@ def stop_vassals(state: State, plan: dict[str, Any], names: list[str]) -> None:
 # ----------------------------------------------------------------------------------- generations and gc
 
 def generations(state: State) -> list[dict[str, Any]]:
+    """Kept generations in the order they first went live (never-live ones first), like Nix's numbers."""
     current = state.current_name()
-    applied: dict[str, str] = {}
+    first_live: dict[str, str] = {}
     for when, name, outcome in state.entries():
         if outcome == "ok":
-            applied[name] = when
+            first_live.setdefault(name, when)
     names = sorted((p.name for p in state.generations.glob("*") if not p.name.startswith(".")),
-                   key=lambda n: (applied.get(n, ""), n))
-    return [{"name": n, "applied": applied.get(n, ""), "current": n == current} for n in names]
+                   key=lambda n: (first_live.get(n, ""), n))
+    return [{"name": n, "applied": first_live.get(n, ""), "current": n == current} for n in names]
 
 
 def rollback_target(state: State, wanted: str | None) -> Path:
-    known = [g["name"] for g in generations(state)]
+    kept = generations(state)
+    known = [g["name"] for g in kept]
     if wanted:
         matches = [n for n in known if n == wanted or n.rsplit("-", 1)[-1].startswith(wanted)]
         if len(matches) != 1:
             raise Refused(f"no single kept generation matches {wanted!r}; kept: {', '.join(known) or 'none'}")
         return state.generations / matches[0]
     entries = state.entries()
+    last_good = state.last_good()
+    if entries and entries[-1][2] == "start" and last_good:
+        return state.generations / last_good  # an apply was interrupted: back to what was live before it
+    live = [g["name"] for g in kept if g["applied"]]
     current = state.current_name()
-    oks = [name for _, name, outcome in entries if outcome == "ok"]
-    if entries and entries[-1][2] == "start" and oks:
-        return state.generations / oks[-1]  # an apply was interrupted: go back to what was live before it
-    for name in reversed(oks):
-        if name != current and (state.generations / name).is_dir():
-            return state.generations / name
+    if current in live and live.index(current) > 0:
+        return state.generations / live[live.index(current) - 1]
     raise Refused("there is no earlier generation to roll back to")
 
 
@@ -569,11 +607,16 @@ def in_use(state: State) -> set[str]:
 def gc(state: State, keep: int) -> list[str]:
     ordered = [g["name"] for g in generations(state)]
     kept = set(ordered[-keep:]) if keep > 0 else set()
+    used = in_use(state)
     removed = []
     for name in ordered:
-        if name in kept or name in in_use(state):
+        if name in kept or name in used:
             continue
-        remove_tree(state.generations / name)
+        # Renamed first: a gc killed mid-way leaves a .tmp- directory, which install sweeps, and never
+        # a half-deleted generation that a later apply of the same artifact would take as whole.
+        doomed = state.generations / f".tmp-gc-{name}"
+        os.rename(state.generations / name, doomed)
+        remove_tree(doomed)
         removed.append(name)
     return removed
 
@@ -598,14 +641,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     artifact = args.artifact.resolve()
     try:
-        plan = json.loads((artifact / PLAN).read_text())
-        state = State(plan)
         if args.verb == "apply":
             return switch(artifact, args)
+        state = State(read_plan(artifact))
         if args.verb == "rollback":
-            target = rollback_target(state, args.to)
-            say(f"rolling back to {target.name}")
-            return switch(target, args)
+            with state.lock(args.lock_wait):  # the target is chosen and switched to under one lock
+                target = rollback_target(state, args.to)
+                say(f"rolling back to {target.name}")
+                return switch(target, args, locked=True)
         if args.verb == "generations":
             for g in generations(state):
                 print(f"{'*' if g['current'] else ' '} {g['name']}  {g['applied'] or '(never live)'}")

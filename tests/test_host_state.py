@@ -1,0 +1,64 @@
+"""The host side's bookkeeping: which generation a rollback goes to, and what gc may delete."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from backstage.host import install
+
+
+def state_with(tmp_path: Path, history: list[tuple[str, str]], current: str | None) -> install.State:
+    plan = {"production": "p", "state_dir": str(tmp_path / "state"), "nginx_link": "backstage--p.conf",
+            "host": {"vassals_dir": str(tmp_path / "vassals"), "nginx_dir": str(tmp_path / "sites")}}
+    state = install.State(plan)
+    for name in {name for name, _ in history}:
+        (state.generations / name).mkdir(parents=True, exist_ok=True)
+    state.history.write_text("".join(f"2026-11-24T00:00:{i:02d}Z\t{name}\t{outcome}\n"
+                                     for i, (name, outcome) in enumerate(history)))
+    if current:
+        os.symlink(f"generations/{current}", state.current)
+    state.vassals_dir.mkdir()
+    return state
+
+
+def test_rollback_steps_back_one_generation_at_a_time(tmp_path: Path) -> None:
+    history = [(g, o) for g in ("p-a", "p-b", "p-c") for o in ("start", "ok")]
+    state = state_with(tmp_path, history, "p-c")
+    assert install.rollback_target(state, None).name == "p-b"
+    state.record("p-b", "start")
+    state.record("p-b", "ok")
+    os.remove(state.current)
+    os.symlink("generations/p-b", state.current)
+    assert install.rollback_target(state, None).name == "p-a"
+
+
+def test_rollback_after_an_interrupted_apply_returns_to_what_was_live(tmp_path: Path) -> None:
+    # Killed after `current` switched to p-b: p-a is what served before, and the target.
+    state = state_with(tmp_path, [("p-a", "start"), ("p-a", "ok"), ("p-b", "start")], "p-b")
+    assert install.rollback_target(state, None).name == "p-a"
+    assert state.last_good() == "p-a"
+
+
+def test_rollback_with_one_generation_is_refused(tmp_path: Path) -> None:
+    state = state_with(tmp_path, [("p-a", "start"), ("p-a", "ok")], "p-a")
+    with pytest.raises(install.Refused, match="no earlier generation"):
+        install.rollback_target(state, None)
+
+
+def test_rollback_to_a_hash_prefix(tmp_path: Path) -> None:
+    state = state_with(tmp_path, [("p-aaaa1", "ok"), ("p-bbbb2", "ok")], "p-bbbb2")
+    assert install.rollback_target(state, "aaaa").name == "p-aaaa1"
+    with pytest.raises(install.Refused, match="no single kept generation"):
+        install.rollback_target(state, "zzzz")
+
+
+def test_gc_keeps_current_recent_and_linked_generations(tmp_path: Path) -> None:
+    names = ["p-a", "p-b", "p-c", "p-d"]
+    state = state_with(tmp_path, [(n, "ok") for n in names], "p-d")
+    (state.generations / "p-a" / "uwsgi").mkdir()
+    os.symlink(state.generations / "p-a" / "uwsgi" / "p--s--1.ini", state.vassals_dir / "p--s--1.ini")
+    removed = install.gc(state, keep=1)
+    assert removed == ["p-b", "p-c"]
+    assert sorted(p.name for p in state.generations.iterdir()) == ["p-a", "p-d"]
