@@ -62,3 +62,18 @@ def test_gc_keeps_current_recent_and_linked_generations(tmp_path: Path) -> None:
     removed = install.gc(state, keep=1)
     assert removed == ["p-b", "p-c"]
     assert sorted(p.name for p in state.generations.iterdir()) == ["p-a", "p-d"]
+
+
+def test_sockets_no_live_vassal_owns_are_swept(tmp_path: Path) -> None:
+    import socket
+
+    state = state_with(tmp_path, [("p-a", "ok")], "p-a")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink("/nowhere/p--live--1.ini", state.vassals_dir / "p--live--1.ini")
+    for stem in ("p--live--1", "p--gone--2", "q--other--3"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(run / f"{stem}.sock"))
+    (run / "p--note.sock").write_text("not a socket")
+    install.sweep_sockets(state, {"run_dir": str(run)})
+    assert sorted(p.name for p in run.iterdir()) == ["p--live--1.sock", "p--note.sock", "q--other--3.sock"]

@@ -463,6 +463,18 @@ def port_clashes(state: State, plan: dict[str, Any], steps: dict[str, list[str]]
             for name in steps["start"] if starting[name] in leaving]
 
 
+def sweep_sockets(state: State, plan: dict[str, Any]) -> None:
+    """Remove this production's sockets that no live vassal owns.
+
+    uWSGI's `vacuum` removes a socket when its vassal stops, except when the vassal dropped to a
+    `uid` that may not write run_dir; blue/green names would then pile up, one per change.
+    """
+    live = {name.removesuffix(".ini") for name in state.live_vassals()}
+    for sock in Path(plan["run_dir"]).glob(f"{state.production}--*.sock"):
+        if sock.name.removesuffix(".sock") not in live and sock.is_socket():
+            unlink(sock)
+
+
 def switch(artifact: Path, options: argparse.Namespace, locked: bool = False) -> int:
     verify(artifact)
     plan = read_plan(artifact)
@@ -488,6 +500,7 @@ def switch(artifact: Path, options: argparse.Namespace, locked: bool = False) ->
         crash_point("installed")
         for directory in (plan["run_dir"], plan["log_dir"]):
             Path(directory).mkdir(parents=True, exist_ok=True)
+        sweep_sockets(state, plan)
         try:
             go_live(state, plan, generation, steps, previous, options)
         except Failed as failure:
