@@ -88,7 +88,7 @@ def _oversized_tables(data: dict[str, Any], source: Source) -> Iterator[Diagnost
 def _control_characters(value: Any, path: KeyPath, source: Source) -> Iterator[Diagnostic]:
     if isinstance(value, dict):
         for key, item in value.items():
-            if _has_control(key):
+            if _CONTROL.search(key):
                 yield source.diagnostic((*path, key), "BS108", "the key holds a control character",
                                         "keys are plain names; remove the character")
             yield from _control_characters(item, (*path, key), source)
@@ -99,10 +99,6 @@ def _control_characters(value: Any, path: KeyPath, source: Source) -> Iterator[D
         char = found[0]
         yield source.diagnostic(path, "BS108", f"the value holds the control character U+{ord(char):04X}",
                                 "values are single lines of printable text")
-
-
-def _has_control(text: str) -> bool:
-    return _CONTROL.search(text) is not None
 
 
 def _schema_errors(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:

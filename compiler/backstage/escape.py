@@ -60,7 +60,7 @@ def nginx_prefix_regex(prefix: str) -> str:
 
 def uwsgi_ini(value: Any) -> str:
     """A uWSGI ini value. uWSGI has no escapes: it strips, expands %x, $(), @() and %() everywhere."""
-    if isinstance(value, bool) and not isinstance(value, Verbatim):
+    if isinstance(value, bool):
         return "true" if value else "false"
     text = _plain(value, "uwsgi")
     if "%" in text or "$(" in text or "@(" in text:
