@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +46,26 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     done = subprocess.run([sys.executable, "-m", "backstage.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+def sandbox_head(name: str, tmp: Path, host: dict[str, object]) -> str:
+    """The [production] and [host] tables of a production applied to a sandbox (Sandbox.host_table()),
+    with its state, run and log directories under `tmp`. JSON strings are valid TOML strings here."""
+    q = json.dumps
+    return f"""\
+[production]
+name = {q(name)}
+state_dir = {q(str(tmp / "state"))}
+run_dir = {q(str(tmp / "run"))}
+log_dir = {q(str(tmp / "log"))}
+
+[host]
+vassals_dir = {q(host["vassals_dir"])}
+nginx_dir = {q(host["nginx_dir"])}
+nginx = {q(host["nginx"])}
+nginx_user = {q(host["nginx_user"])}
+emperor_stats = {q(host["emperor_stats"])}
+"""
 
 
 def example_cases() -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from backstage.sandbox import Sandbox, find_components, free_port
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, sandbox_head
 from loadgen import Load, Target
 
 SHOWCASE = REPO / "examples" / "apps" / "showcase"
@@ -54,20 +54,7 @@ stage = "main"
 """ for name, version in _versions(gen).items())
     gigs = {"site": ("www", "/"), "api": ("www", "/api/"), "old": ("www", "/old/"), "new": ("www", "/new/"),
             "keep": ("quiet", "/")}
-    text = f"""
-[production]
-name = "stage"
-state_dir = {q(str(tmp / "state"))}
-run_dir = {q(str(tmp / "run"))}
-log_dir = {q(str(tmp / "log"))}
-
-[host]
-vassals_dir = {q(host["vassals_dir"])}
-nginx_dir = {q(host["nginx_dir"])}
-nginx = {json.dumps(host["nginx"])}
-nginx_user = {q(host["nginx_user"])}
-emperor_stats = {q(host["emperor_stats"])}
-
+    text = sandbox_head("stage", tmp, host) + f"""
 [stages.main]
 virtualenv = {q(sys.prefix)}
 {acts}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from backstage import artifact
 from backstage.sandbox import Sandbox, find_components, free_port
-from conftest import run_cli
+from conftest import run_cli, sandbox_head
 from loadgen import Load, Target
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,22 +34,7 @@ def _toml_string(value: str) -> str:
 
 
 def write_production(tmp: Path, sandbox: Sandbox, http_sess_port: int) -> Path:
-    host = sandbox.host_table()
-    nginx = "[" + ", ".join(_toml_string(part) for part in sandbox.nginx_command) + "]"
-    text = f"""\
-[production]
-name = "showtest"
-state_dir = {_toml_string(str(tmp / "state"))}
-run_dir = {_toml_string(str(tmp / "run"))}
-log_dir = {_toml_string(str(tmp / "log"))}
-
-[host]
-vassals_dir = {_toml_string(str(sandbox.vassals_dir))}
-nginx_dir = {_toml_string(str(sandbox.nginx_dir))}
-nginx = {nginx}
-nginx_user = {_toml_string(str(host["nginx_user"]))}
-emperor_stats = {_toml_string(sandbox.emperor_stats)}
-
+    text = sandbox_head("showtest", tmp, sandbox.host_table()) + f"""
 [stages.main]
 virtualenv = {_toml_string(sys.prefix)}
 
