@@ -1,7 +1,7 @@
 """The floor: the least work that writes the files `backstage build` writes for a generated production.
 
 It takes the generator's in-memory data (no TOML, no checking, no model, no graph), renders the
-installed package's templates with the same escaping finalize functions through plain Jinja2, and
+installed package's templates with backstage's own Jinja2 environments (the same escaping), and
 writes the files: one vassal .ini per Sess and one nginx .conf per Venue, which is all but a handful
 of the build's files (include.conf, install.sh, requirements.txt and the manifest are left out).
 Content hashes are not computed: every vassal gets the placeholder hash below, so the output equals
@@ -13,22 +13,21 @@ the build's once hashes are masked.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from backstage import escape
+from backstage import targets
 from generate import generate
 
 PLACEHOLDER_HASH = "0" * 8
 
 
-def environment(finalize: Callable[[Any], str]) -> jinja2.Environment:
-    # The same settings as backstage.render._environment: the output must match byte for byte.
-    return jinja2.Environment(loader=jinja2.PackageLoader("backstage", "templates"),
-                              undefined=jinja2.StrictUndefined, finalize=finalize, autoescape=False,
-                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+def environment(target: str) -> jinja2.Environment:
+    # backstage's own Environment for the target (the same finalize and slot filters): the output must
+    # match the build's byte for byte.
+    return targets.environment(target)
 
 
 def endpoints(run_dir: str, stem: str, sess: dict[str, Any]) -> tuple[str, str, str]:
@@ -97,7 +96,7 @@ def venue_contexts(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
         _, _, upstream = endpoints(run_dir, f"{prod}--{gig['sess']}--{PLACEHOLDER_HASH}", sess)
         locations[gig["venue"]].append({
             "kind": kind, "gig": gig_name, "sess": gig["sess"], "path": path,
-            "path_regex": escape.nginx_prefix_regex(path), "script_name": path.rstrip("/"), "upstream": upstream,
+            "path_regex": targets.nginx.prefix_regex(path), "script_name": path.rstrip("/"), "upstream": upstream,
         })
         for prefix, directory in sorted(data["acts"][sess["act"]].get("static", {}).items()):
             locations[gig["venue"]].append({"kind": "static", "gig": gig_name, "path": path + prefix[1:],
@@ -119,12 +118,12 @@ def main() -> int:
     data = generate(n)
     for sub in ("uwsgi", "nginx"):
         (out / sub).mkdir(parents=True)
-    vassal = environment(escape.uwsgi_ini).get_template("vassal.ini.j2")
+    vassal = environment("uwsgi").get_template("vassal.ini.j2")
     for rel, context in vassal_contexts(data):
         (out / rel).write_text(vassal.render(context), "utf-8")
-    nginx = environment(escape.nginx)
+    nginx = environment("nginx")
     venue = nginx.get_template("venue.conf.j2")
-    params = escape.Verbatim(nginx.get_template("uwsgi_params.j2").render())  # as render.py: once
+    params = targets.Verbatim(nginx.get_template("uwsgi_params.j2").render())  # as render.py: once
     for rel, context in venue_contexts(data):
         (out / rel).write_text(venue.render(context, uwsgi_params=params), "utf-8")
     return 0

@@ -26,12 +26,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-GOLDEN = REPO / "golden"
+
+
+def golden_dir(case: str) -> Path:
+    """A case's expected artifact tree, beside its input: examples/<case>/golden/."""
+    return EXAMPLES / case / "golden"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true",
-                     help="rewrite golden/<case>/ from the examples instead of comparing")
+                     help="rewrite examples/<case>/golden/ from the examples instead of comparing")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from functools import cache
 from typing import Any
 
 import jsonschema
-from backstage import check
+from backstage.phases import schema
 from hypothesis import strategies as st
 
 Data = dict[str, Any]
@@ -28,12 +28,12 @@ Data = dict[str, Any]
 
 @cache
 def defs() -> dict[str, Any]:
-    return check.schema()["$defs"]
+    return schema.document()["$defs"]
 
 
 @cache
 def pattern(*where: str | int) -> str:
-    node: Any = check.schema()
+    node: Any = schema.document()
     for key in where:
         node = node[key]
     return str(node["pattern"])

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from backstage.sandbox import Sandbox, find_components, free_port
+from backstage.cli.sandbox import find_components
 from conftest import REPO, run_cli, sandbox_head
+from harness import TestSandbox, free_port
 from loadgen import Load, Target
 
 SHOWCASE = REPO / "examples" / "apps" / "showcase"
@@ -23,16 +24,79 @@ Generation = dict[str, str]
 
 @dataclass
 class Deployed:
-    sandbox: Sandbox
+    """The module's one sandbox (slow to start) and the artifacts of generations 1 and 2.
+
+    Tests share it, so each first brings it to the state it needs (`at`, `some_generation`,
+    `an_unused_generation`): every test passes alone as well as after the others.
+    """
+
+    sandbox: TestSandbox
     tmp: Path
     artifacts: dict[int, Path]
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state"
+
+    def live(self) -> int | None:
+        """The generation (1 or 2) that `current` names and that answers; None if none or another is live."""
+        try:
+            name = Path(os.readlink(self.state / "current")).name
+        except OSError:
+            return None
+        named = [gen for gen, built in self.artifacts.items() if built.name == name]
+        return named[0] if named and matching(answers(self.sandbox)) == named else None
+
+    def went_live(self) -> set[str]:
+        """The kept generations that were ever live, as `backstage generations` lists them."""
+        if not (self.state / "generations").is_dir():
+            return set()
+        done = run_cli("generations", str(self.state))
+        assert done.code == 0, done.err
+        return {line[2:].split()[0] for line in done.out.splitlines() if not line.endswith("(never live)")}
+
+    def at(self, gen: int, after: tuple[int, ...] = ()) -> None:
+        """Make generation `gen` live unless it is; first make each of `after` live, in order, unless it
+        ever was (so that, for `rollback`, they went live before `gen`)."""
+        for earlier in after:
+            if self.artifacts[earlier].name not in self.went_live():
+                self._switch(earlier)
+        if self.live() != gen:
+            self._switch(gen)
+
+    def some_generation(self) -> int:
+        """Generation 1 or 2, whichever is live; generation 1 if neither is."""
+        live = self.live()
+        if live is None:
+            self._switch(1)
+            live = 1
+        return live
+
+    def broken(self) -> Path:
+        """Generation 2 with a site that cannot import: applying it fails and rolls back."""
+        return build(production(self.tmp, self.sandbox, 2, broken=True), self.tmp / "build")
+
+    def an_unused_generation(self) -> None:
+        """Make sure a kept generation exists that nothing links to: the broken one, rolled back."""
+        kept = {p.name for p in (self.state / "generations").iterdir()}
+        used = {Path(os.readlink(self.state / "current")).name}
+        used |= {Path(os.readlink(link)).relative_to(self.state / "generations").parts[0]
+                 for link in self.sandbox.vassals_dir.iterdir()}
+        if not kept - used:
+            code, _, err = apply(self.broken(), "--ready-timeout=8")
+            assert code == 1, err
+
+    def _switch(self, gen: int) -> None:
+        code, out, err = apply(self.artifacts[gen])
+        assert code == 0, out + err
+        assert live_generation(self.sandbox) == gen
 
 # Gigs every generation serves, by (host, path): each must answer below 500 at every instant.
 TARGETS = [("www.stage.test", "/"), ("www.stage.test", "/api/"), ("www.stage.test", "/old/"),
            ("www.stage.test", "/new/"), ("quiet.stage.test", "/"), ("www.stage.test", "/static/hello.txt")]
 
 
-def production(tmp: Path, sandbox: Sandbox, gen: int, broken: bool = False, extra: str = "",
+def production(tmp: Path, sandbox: TestSandbox, gen: int, broken: bool = False, extra: str = "",
                label: str = "") -> Path:
     """Generation 1: site, api, old, keep. Generation 2 changes site (version) and the www Venue (an
     alias, which reaches site's and api's BACKSTAGE_HOSTS), removes old, adds new, keeps keep."""
@@ -93,10 +157,19 @@ def expected(gen: int) -> dict[tuple[str, str], str]:
             ("www.stage.test", "/static/hello.txt"): "hello"}
 
 
-def live_generation(sandbox: Sandbox) -> int:
+def answers(sandbox: TestSandbox) -> dict[tuple[str, str], str]:
+    return {target: sandbox.get(*target).text for target in expected(1)}
+
+
+def matching(bodies: dict[tuple[str, str], str]) -> list[int]:
+    """The generations (of 1 and 2) whose answers these are."""
+    return [gen for gen in (1, 2) if all(bodies[t].startswith(e) for t, e in expected(gen).items())]
+
+
+def live_generation(sandbox: TestSandbox) -> int:
     """Which generation answers; fails if the answers are a mix of two."""
-    bodies = {target: sandbox.get(*target).text for target in expected(1)}
-    matches = [gen for gen in (1, 2) if all(bodies[t].startswith(e) for t, e in expected(gen).items())]
+    bodies = answers(sandbox)
+    matches = matching(bodies)
     assert len(matches) == 1, f"answers match no single generation: {bodies}"
     return matches[0]
 
@@ -113,7 +186,7 @@ def apply(artifact: Path, *extra: str, env: dict[str, str] | None = None) -> tup
     return done.code, done.out, done.err
 
 
-def vassal_links(sandbox: Sandbox) -> list[str]:
+def vassal_links(sandbox: TestSandbox) -> list[str]:
     return sorted(p.name for p in sandbox.vassals_dir.iterdir())
 
 
@@ -121,7 +194,7 @@ def vassal_links(sandbox: Sandbox) -> list[str]:
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     find_components()
     tmp = tmp_path_factory.mktemp("apply")
-    with Sandbox(tmp / "sandbox") as sandbox:
+    with TestSandbox(tmp / "sandbox") as sandbox:
         artifacts = {gen: build(production(tmp, sandbox, gen), tmp / "build") for gen in (1, 2)}
         yield Deployed(sandbox, tmp, artifacts)
 
@@ -142,6 +215,7 @@ def test_generation_1_serves_every_gig(stage: Deployed) -> None:
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(stage: Deployed) -> None:
+    stage.at(1)
     sandbox = stage.sandbox
     artifacts = stage.artifacts
     before = vassal_links(sandbox)
@@ -156,6 +230,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(stage: Deployed) -> None:
 
 
 def test_switch_to_generation_2_under_load_loses_no_request(stage: Deployed) -> None:
+    stage.at(1)
     sandbox = stage.sandbox
     artifacts = stage.artifacts
     keep_before = {n: p for n, p in sandbox.vassal_pids().items() if "--keep--" in n}
@@ -176,6 +251,7 @@ def test_switch_to_generation_2_under_load_loses_no_request(stage: Deployed) -> 
 
 
 def test_generations_lists_both_and_marks_the_current(stage: Deployed) -> None:
+    stage.at(2, after=(1,))
     tmp = stage.tmp
     artifacts = stage.artifacts
     done = run_cli("generations", str(tmp / "state"))
@@ -187,6 +263,7 @@ def test_generations_lists_both_and_marks_the_current(stage: Deployed) -> None:
 
 
 def test_rollback_serves_generation_1_again(stage: Deployed) -> None:
+    stage.at(2, after=(1,))
     sandbox = stage.sandbox
     tmp = stage.tmp
     artifacts = stage.artifacts
@@ -201,10 +278,11 @@ def test_rollback_serves_generation_1_again(stage: Deployed) -> None:
 
 
 def test_a_generation_that_cannot_import_rolls_back_by_itself(stage: Deployed) -> None:
+    stage.at(2)
     sandbox = stage.sandbox
     tmp = stage.tmp
     artifacts = stage.artifacts
-    broken = build(production(tmp, sandbox, 2, broken=True), tmp / "build")
+    broken = stage.broken()
     links_before = vassal_links(sandbox)
     with Load(sandbox.http_port, [Target(h, p) for h, p in TARGETS], clients=20, duration=3.0) as load:
         code, _, err = apply(broken, "--ready-timeout=8")
@@ -220,6 +298,7 @@ def test_a_generation_that_cannot_import_rolls_back_by_itself(stage: Deployed) -
                                    "nginx-reloaded", "gigs-checked", "stopping-old"])
 def test_kill_9_during_apply_leaves_one_generation_and_apply_converges(
         point: str, stage: Deployed) -> None:
+    stage.some_generation()
     sandbox = stage.sandbox
     artifacts = stage.artifacts
     start, target = (2, 1) if live_generation(sandbox) == 2 else (1, 2)
@@ -235,6 +314,7 @@ def test_kill_9_during_apply_leaves_one_generation_and_apply_converges(
 
 def test_a_tampered_artifact_is_refused_and_the_host_untouched(
         stage: Deployed) -> None:
+    stage.some_generation()
     sandbox = stage.sandbox
     tmp = stage.tmp
     artifacts = stage.artifacts
@@ -253,6 +333,8 @@ def test_a_tampered_artifact_is_refused_and_the_host_untouched(
 
 def test_gc_keeps_the_current_and_every_generation_a_link_uses(
         stage: Deployed) -> None:
+    stage.some_generation()
+    stage.an_unused_generation()
     sandbox, tmp = stage.sandbox, stage.tmp
     kept = sorted(p.name for p in (tmp / "state" / "generations").iterdir())
     done = run_cli("gc", str(tmp / "state"), "--keep", "1")
@@ -290,6 +372,7 @@ path = "/svc/"
 
 
 def test_a_changed_sess_on_the_same_port_is_refused_and_a_new_port_switches(stage: Deployed) -> None:
+    stage.at(2)
     sandbox, tmp = stage.sandbox, stage.tmp
     first, second = free_port(), free_port()
     one = build(production(tmp, sandbox, 2, extra=with_port_sess("svc-1", first), label="-svc1"), tmp / "build")

@@ -8,7 +8,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from backstage import artifact, render
+from backstage import contract
+from backstage.files import remove_tree
+from backstage.phases.layout import File
 from conftest import EXAMPLES, REPO, example_cases, run_cli
 
 
@@ -50,17 +52,19 @@ def test_build_prints_path_and_summary_and_links_result(tmp_path: Path) -> None:
     assert [f["path"] for f in manifest["files"]] == sorted(n for n in files if n != "manifest.json")
 
 
-def test_default_output_is_build_in_the_working_directory(tmp_path: Path) -> None:
+def test_default_output_is_artifacts_in_the_working_directory(tmp_path: Path) -> None:
     run = run_cli("build", str(EXAMPLES / "minimal" / "production.toml"), cwd=tmp_path)
     assert run.code == 0, run.err
-    assert Path(run.out.strip()).parent == Path("build") and (tmp_path / "build" / "result").is_symlink()
+    assert Path(run.out.strip()).parent == Path("artifacts") and (tmp_path / "artifacts" / "result").is_symlink()
+    assert not (tmp_path / "build").exists()  # setuptools' directory is left alone
 
 
 def test_the_artifact_name_is_the_hash_of_its_content(tmp_path: Path) -> None:
     run = run_cli("build", str(EXAMPLES / "minimal" / "production.toml"), "-o", str(tmp_path))
     path = Path(run.out.strip())
-    files = {rel: render.File(content, mode) for rel, (mode, content) in tree(path).items()}
-    assert path.name == f"minimal-{artifact.tree_hash(files)[:32]}"
+    found = {rel: File(content, mode) for rel, (mode, content) in tree(path).items()}
+    tree_hash = contract.tree_hash((rel, f.mode, f.content) for rel, f in found.items())
+    assert path.name == f"minimal-{tree_hash[:32]}"
 
 
 def test_rebuilding_identical_input_is_a_noop_with_the_same_path(tmp_path: Path) -> None:
@@ -90,7 +94,7 @@ def test_a_changed_input_always_rebuilds(tmp_path: Path) -> None:
 def test_a_cache_entry_without_its_artifact_rebuilds(tmp_path: Path) -> None:
     source = str(EXAMPLES / "minimal" / "production.toml")
     first = Path(run_cli("build", source, "-o", str(tmp_path)).out.strip())
-    artifact.remove_tree(first)
+    remove_tree(first)
     second = run_cli("build", source, "-o", str(tmp_path))
     assert "built:" in second.err and Path(second.out.strip()) == first and first.is_dir()
 

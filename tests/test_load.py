@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from backstage import load
 from backstage.errors import InputError
+from backstage.phases import load
 
 DOC = '''\
 # comment

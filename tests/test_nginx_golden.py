@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN, example_cases
+from conftest import example_cases, golden_dir
 from nginx_check import nginx_test
 
 
 @pytest.mark.parametrize("case", example_cases())
 def test_golden_nginx_passes_nginx_t(case: str, tmp_path: Path) -> None:
-    servers = {p.name: p.read_text() for p in sorted((GOLDEN / case / "nginx").glob("*.conf"))}
+    servers = {p.name: p.read_text() for p in sorted((golden_dir(case) / "nginx").glob("*.conf"))}
     assert servers, f"golden/{case} has no nginx files"
     result = nginx_test(servers, tmp_path)
     assert result.returncode == 0, result.stderr

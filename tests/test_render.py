@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backstage import load, model, render
+from backstage.phases import pipeline
 
 BASE = """\
 [production]
@@ -30,7 +30,7 @@ stage = "main"
 
 
 def stems(text: str) -> dict[str, str]:
-    files = render.render(model.build(load.load_bytes(text.encode(), "p.toml").data))
+    files = pipeline.compile_bytes(text.encode(), "p.toml").files
     return {name.split("--")[1]: name for name in files if name.startswith("uwsgi/")}
 
 
@@ -48,7 +48,7 @@ def test_an_unchanged_sess_keeps_its_name_when_others_change() -> None:
 
 
 def test_the_socket_path_carries_the_vassal_name() -> None:
-    files = render.render(model.build(load.load_bytes(BASE.encode(), "p.toml").data))
+    files = pipeline.compile_bytes(BASE.encode(), "p.toml").files
     (web,) = [name for name in files if name.startswith("uwsgi/club--web--")]
     stem = web.removeprefix("uwsgi/").removesuffix(".ini")
     assert f"socket = /run/backstage/club/{stem}.sock" in files[web].content.decode().splitlines()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from backstage import check, load
 from backstage.errors import CODES, Diagnostic, InputError
+from backstage.phases import pipeline
 
 BASE = """\
 [production]
@@ -173,7 +173,7 @@ def diagnostics(text: str, tmp_path: Path) -> list[Diagnostic]:
     path = tmp_path / "production.toml"
     path.write_text(text)
     with pytest.raises(InputError) as caught:
-        check.check(load.load_file(path))
+        pipeline.check_file(path)
     return caught.value.diagnostics
 
 
@@ -186,7 +186,7 @@ def marked_line(text: str) -> int:
 def test_the_base_production_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "production.toml"
     path.write_text(BASE)
-    check.check(load.load_file(path))
+    pipeline.check_file(path)
 
 
 @pytest.mark.parametrize(("text", "code", "key_path"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

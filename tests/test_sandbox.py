@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import backstage
 import pytest
-from backstage import artifact
-from backstage.sandbox import Sandbox, find_components, free_port
+from backstage.cli.sandbox import find_components
 from conftest import run_cli, sandbox_head
+from harness import TestSandbox, free_port
 from loadgen import Load, Target
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string of plain paths is a valid TOML basic string
 
 
-def write_production(tmp: Path, sandbox: Sandbox, http_sess_port: int) -> Path:
+def write_production(tmp: Path, sandbox: TestSandbox, http_sess_port: int) -> Path:
     text = sandbox_head("showtest", tmp, sandbox.host_table()) + f"""
 [stages.main]
 virtualenv = {_toml_string(sys.prefix)}
@@ -107,9 +108,9 @@ def test_artifact_serves_showcase_through_real_nginx_and_emperor(tmp_path: Path)
     _require_django_in(sys.prefix)
     assert (SHOWCASE / "showcase" / "wsgi.py").is_file()
 
-    with Sandbox(tmp_path / "sandbox", components=components) as sandbox:
+    with TestSandbox(tmp_path / "sandbox", components=components) as sandbox:
         production = write_production(tmp_path, sandbox, free_port())
-        built = artifact.build(production, tmp_path / "build").path
+        built = backstage.build(production, tmp_path / "build").path
         applied = run_cli("apply", str(built), "--ready-timeout=60")
         assert applied.code == 0, applied.err
         vassals = sorted(p.name for p in (built / "uwsgi").glob("*.ini"))
@@ -168,7 +169,7 @@ def test_artifact_serves_showcase_through_real_nginx_and_emperor(tmp_path: Path)
 
 
 def test_sandbox_stops_everything_even_without_graceful_exit(tmp_path: Path) -> None:
-    sandbox = Sandbox(tmp_path / "sandbox")
+    sandbox = TestSandbox(tmp_path / "sandbox")
     sandbox.start()
     try:
         assert sandbox.get("anything.test", "/").status == 503

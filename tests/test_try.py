@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backstage.sandbox import find_components, free_port, http_get
+from backstage.cli.sandbox import find_components
 from conftest import EXAMPLES, REPO
+from harness import free_port, http_get
 
 
 def test_try_serves_the_showcase_and_stops_cleanly_on_ctrl_c() -> None:

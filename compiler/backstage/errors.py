@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+
+# Characters no value may hold: they would end a line, or drive a terminal, in some output or message.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # Stable codes. A code never changes meaning; retired codes are not reused.
 CODES: dict[str, str] = {
@@ -58,7 +62,8 @@ class Diagnostic:
     hint: str = ""
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}: {self.code}"
+        # Line 0: the problem is in what a tool set (`backstage try`'s overlay), not in a file's line.
+        where = f"{self.file}:{self.line}:{self.col}: {self.code}" if self.line else f"{self.file}: {self.code}"
         text = f"{where} {self.path}: {self.message}" if self.path else f"{where} {self.message}"
         text = _visible(text)
         return f"{text}\n    hint: {_visible(self.hint)}" if self.hint else text

@@ -1,0 +1,210 @@
+"""The `backstage` command line.
+
+Exit codes: 0 done; 1 bad input, a refused artifact, or a failed apply that was rolled back (the
+message says which); 2 wrong usage; 3 a bug in backstage (one line; BACKSTAGE_DEBUG=1 for a traceback);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from .. import __version__, contract
+from ..errors import InputError, diagnostics_json
+from . import handoff
+
+# Verbs import the phases they need: `build` of unchanged input must not pay for jsonschema or networkx.
+
+EXIT_INPUT = 1
+EXIT_USAGE = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130
+DEFAULT_OUTPUT = "artifacts"  # not ./build: that is setuptools' own directory
+
+
+class UsageError(Exception):
+    pass
+
+
+def _build(args: argparse.Namespace) -> int:
+    from ..phases import pipeline
+
+    built = pipeline.build(args.file, args.output)
+    print(built.path)
+    print(f"{'unchanged' if built.cached else 'built'}: {built.summary}", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..phases import pipeline
+
+    pipeline.check_file(args.file)
+    print(f"{args.file}: ok", file=sys.stderr)
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from ..phases import graph, pipeline
+
+    checked = pipeline.check_file(args.file)
+    dot = graph.to_dot(checked.production.name, checked.graph)
+    if args.format == "dot":
+        sys.stdout.write(dot)
+        return 0
+    if not shutil.which("dot"):
+        raise UsageError("--format svg needs Graphviz's `dot` on PATH (Debian: apt-get install graphviz)")
+    svg = subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True, check=True).stdout
+    sys.stdout.buffer.write(svg)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from ..phases import schema
+
+    sys.stdout.write(json.dumps(schema.document(), indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _timeouts(args: argparse.Namespace) -> list[str]:
+    return contract.Timeouts(**{f.name: getattr(args, f.name) for f in fields(contract.Timeouts)}).flags()
+
+
+def _installer_exit(code: int) -> int:
+    # install.sh: 0 done, 1 failed and rolled back, 2 refused before changing anything.
+    return 0 if code == 0 else EXIT_INPUT
+
+
+def _apply(args: argparse.Namespace) -> int:
+    target = Path(args.artifact)
+    if (target / "result").is_symlink():
+        target = target / "result"
+    target = target.resolve()
+    handoff.verify(target)
+    extra = ["--dry-run"] if args.dry_run else []
+    return _installer_exit(handoff.run_installer(target / contract.INSTALLER, "apply", *extra, *_timeouts(args)))
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    script = handoff.installer(handoff.state_dir(args.production))
+    extra = (["--to", args.to] if args.to else []) + (["--dry-run"] if args.dry_run else [])
+    return _installer_exit(handoff.run_installer(script, "rollback", *extra, *_timeouts(args)))
+
+
+def _generations(args: argparse.Namespace) -> int:
+    script = handoff.installer(handoff.state_dir(args.production))
+    return _installer_exit(handoff.run_installer(script, "generations"))
+
+
+def _gc(args: argparse.Namespace) -> int:
+    if args.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    script = handoff.installer(handoff.state_dir(args.production))
+    return _installer_exit(handoff.run_installer(script, "gc", f"--keep={args.keep}"))
+
+
+def _try(args: argparse.Namespace) -> int:
+    from . import rehearsal  # only `try` needs the sandbox
+
+    try:
+        maps = rehearsal.parse_path_map(args.path_map)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return rehearsal.run(args.file, args.port, maps)
+    except rehearsal.SandboxError as exc:
+        print(f"backstage try: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="backstage", description="Compile and deploy WSGI productions.",
+                                  epilog="exit codes: 0 done; 1 bad input, refused artifact or failed apply "
+                                         "(rolled back); 2 usage; 3 internal error; 130 interrupted")
+    top.add_argument("--version", action="version", version=f"backstage {__version__}")
+    verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, run: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=text, description=text)
+        sub.set_defaults(run=run)
+        return sub
+
+    sub = verb("build", _build, "Compile a production file into an artifact directory.")
+    sub.add_argument("file", help="the production file (production.toml)")
+    sub.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
+                     help=f"output directory (default: ./{DEFAULT_OUTPUT}; OUTPUT/result links to the newest build)")
+    sub.add_argument("--json", action="store_true", help="print input errors as JSON objects")
+    sub = verb("check", _check, "Check a production file without writing anything.")
+    sub.add_argument("file")
+    sub.add_argument("--json", action="store_true", help="print input errors as JSON objects")
+    sub = verb("graph", _graph, "Print the production's graph as Graphviz DOT (or SVG).")
+    sub.add_argument("file")
+    sub.add_argument("--format", choices=("dot", "svg"), default="dot")
+    verb("schema", _schema, "Print the JSON Schema of production files.")
+
+    def switch_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+        defaults = contract.Timeouts()
+        for name, text in contract.Timeouts.HELP.items():
+            default = getattr(defaults, name)
+            sub.add_argument(contract.flag(name), dest=name, type=float, default=default, metavar="S",
+                             help=f"{text} (default {default:g})")
+
+    sub = verb("apply", _apply, "Make an artifact live on this host, with zero downtime.")
+    sub.add_argument("artifact", help="an artifact directory, or a build directory holding `result`")
+    switch_options(sub)
+    sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
+    sub.add_argument("production", help="the production file or its state_dir")
+    sub.add_argument("--to", metavar="HASH", help="a kept generation's name or hash prefix")
+    switch_options(sub)
+    sub = verb("generations", _generations, "List the generations kept on this host.")
+    sub.add_argument("production", help="the production file or its state_dir")
+    sub = verb("gc", _gc, "Delete old generations; never the current one or one a live link uses.")
+    sub.add_argument("production", help="the production file or its state_dir")
+    sub.add_argument("--keep", type=int, required=True, metavar="N", help="how many recent generations to keep")
+    sub = verb("try", _try, "Build a production and run it live in a private sandbox on 127.0.0.1.")
+    sub.add_argument("file")
+    sub.add_argument("--port", type=int, help="the port every Venue listens on (default: a free one)")
+    sub.add_argument("--path-map", action="append", default=[], metavar="/ABSOLUTE=DIR",
+                     help="run paths under /ABSOLUTE from DIR instead (repeatable)")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except InputError as exc:
+        if getattr(args, "json", False):
+            print(diagnostics_json(exc.diagnostics))
+        else:
+            for diagnostic in exc.diagnostics:
+                print(diagnostic, file=sys.stderr)
+            print(f"backstage: {len(exc.diagnostics)} error(s); nothing was written", file=sys.stderr)
+        return EXIT_INPUT
+    except handoff.HandoffError as exc:
+        print(f"backstage: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except UsageError as exc:
+        print(f"backstage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug in backstage: say so in one line, never with a traceback
+        if os.environ.get("BACKSTAGE_DEBUG"):
+            raise
+        print(f"backstage: internal error: {type(exc).__name__}: {exc} "
+              "(set BACKSTAGE_DEBUG=1 for a traceback, and please report it)", file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

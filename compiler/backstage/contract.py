@@ -1,0 +1,322 @@
+"""The compile→host contract: what an artifact holds and how the host agent reads it.
+
+Both sides import this module: the compiler writes these types, the host agent (shipped inside every
+artifact) reads them. It is standard library only, and changes only together with FORMAT.
+
+An artifact is a directory named `<production>-<32 hex of its tree hash>` holding:
+
+    manifest.json   Manifest: every other file with its sha256 and mode
+    apply.json      Plan: what the agent needs to switch, probe and check
+    agent.pyz       the host agent (a zipapp of backstage.agent and this module)
+    install.sh      runs agent.pyz with a Python 3 the host has
+    include.conf, nginx/*.conf, uwsgi/*.ini, stages/*/requirements.txt
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+PLAN = "apply.json"
+AGENT = "agent.pyz"
+INSTALLER = "install.sh"
+NAME_HASH_LENGTH = 32
+# Test hook: the agent kills itself with SIGKILL at the named point of a switch.
+CRASH_POINT_ENV = "BACKSTAGE_TEST_CRASH_AT"
+
+Protocol = Literal["uwsgi", "http"]
+
+
+class ContractError(ValueError):
+    """An artifact, or one of its contract files, is not what the contract says it must be."""
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    vassals_dir: str
+    nginx_dir: str
+    nginx: tuple[str, ...]
+    nginx_user: str
+    emperor_stats: str
+
+
+@dataclass(frozen=True, slots=True)
+class VassalPlan:
+    """One vassal: its file is uwsgi/<stem>.ini; `address` is `unix:/path` or `IP:PORT`."""
+
+    sess: str
+    stem: str
+    protocol: Protocol
+    address: str
+    health_host: str
+    health_path: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.stem}.ini"
+
+    @property
+    def tcp(self) -> bool:
+        return not self.address.startswith("unix:")
+
+
+@dataclass(frozen=True, slots=True)
+class GigPlan:
+    """One Gig, checked through nginx: GET `url` with Host `host` on `connect` (IP:PORT), TLS if `tls`."""
+
+    name: str
+    sess: str
+    host: str
+    connect: str
+    tls: bool
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """apply.json: everything the host agent needs to make a generation live."""
+
+    production: str
+    state_dir: str
+    run_dir: str
+    log_dir: str
+    nginx_link: str
+    host: HostPlan
+    vassals: tuple[VassalPlan, ...]
+    gigs: tuple[GigPlan, ...]
+
+    def to_json(self) -> bytes:
+        """JSON with each top-level key, and each item of a top-level list, on a line of its own:
+        readable in a diff, and written by json's C encoder (indent= would use the pure-Python one)."""
+        lines = []
+        for key, value in sorted(asdict(self).items()):
+            if isinstance(value, list | tuple):
+                items = ",\n".join(f"    {json.dumps(item, sort_keys=True)}" for item in value)
+                lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]" if value else f"  {json.dumps(key)}: []")
+            else:
+                lines.append(f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
+        return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Plan:
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ContractError(f"{PLAN} is not a backstage plan: {exc}") from None
+        return _plan(data)
+
+    def vassal_files(self) -> dict[str, VassalPlan]:
+        return {v.file: v for v in self.vassals}
+
+
+def _plan(value: Any) -> Plan:
+    """A Plan from apply.json's parsed JSON, every field checked."""
+    try:
+        data = _object(value, PLAN)
+        host = _object(data["host"], "host")
+        return Plan(
+            production=_str(data["production"]),
+            state_dir=_str(data["state_dir"]),
+            run_dir=_str(data["run_dir"]),
+            log_dir=_str(data["log_dir"]),
+            nginx_link=_str(data["nginx_link"]),
+            host=HostPlan(
+                vassals_dir=_str(host["vassals_dir"]),
+                nginx_dir=_str(host["nginx_dir"]),
+                nginx=tuple(_str(part) for part in _list(host["nginx"])),
+                nginx_user=_str(host["nginx_user"]),
+                emperor_stats=_str(host["emperor_stats"]),
+            ),
+            vassals=tuple(_vassal(_object(v, "vassal")) for v in _list(data["vassals"])),
+            gigs=tuple(_gig(_object(g, "gig")) for g in _list(data["gigs"])),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ContractError(f"{PLAN} is not a backstage plan: {exc}") from None
+
+
+def _vassal(data: Mapping[str, Any]) -> VassalPlan:
+    protocol = _str(data["protocol"])
+    if protocol not in ("uwsgi", "http"):
+        raise ValueError(f"unknown protocol {protocol!r}")
+    return VassalPlan(_str(data["sess"]), _str(data["stem"]), protocol,  # type: ignore[arg-type]
+                      _str(data["address"]), _str(data["health_host"]), _str(data["health_path"]))
+
+
+def _gig(data: Mapping[str, Any]) -> GigPlan:
+    tls = data["tls"]
+    if not isinstance(tls, bool):
+        raise TypeError("tls is not a boolean")
+    return GigPlan(_str(data["name"]), _str(data["sess"]), _str(data["host"]), _str(data["connect"]), tls,
+                   _str(data["url"]))
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} is not an object")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ timeouts
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long a switch waits, in seconds; the one place their defaults are stated."""
+
+    ready: float = 60.0  # a new vassal to answer a real request
+    health: float = 15.0  # each Gig to answer through nginx
+    drain: float = 60.0  # old nginx workers to exit before vassals stop
+    lock_wait: float = 300.0  # another apply of the same production to finish
+
+    HELP: ClassVar[dict[str, str]] = {
+        "ready": "how long a new vassal may take to answer",
+        "health": "how long each Gig may take to answer through nginx",
+        "drain": "how long to wait for old nginx workers before stopping vassals",
+        "lock_wait": "how long to wait for another apply of the production",
+    }
+
+    def flags(self) -> list[str]:
+        """The command-line form both CLIs share: --ready-timeout=S ..."""
+        return [f"{flag(name)}={getattr(self, name)}" for name in self.HELP]
+
+
+def flag(field_name: str) -> str:
+    return "--lock-wait" if field_name == "lock_wait" else f"--{field_name}-timeout"
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    sha256: str
+    mode: str  # four octal digits, "0444"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    backstage: str
+    format: int
+    production: str
+    input_sha256: str
+    files: tuple[FileEntry, ...] = field(default=())
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        """Reads a manifest of any format far enough to say which format it is; check `format` next."""
+        try:
+            data = _object(json.loads(raw), MANIFEST)
+            files = tuple(FileEntry(_str(f["path"]), _str(f["sha256"]), _str(f["mode"]))
+                          for f in (_object(item, "file") for item in _list(data["files"])))
+            version = data.get("format")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise TypeError(f"format {version!r} is not a number")
+            return cls(str(data.get("backstage")), version, _str(data["production"]),
+                       str(data.get("input_sha256", "")), files)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ContractError(f"{MANIFEST} is not a backstage manifest: {exc}") from None
+
+
+def manifest_for(version: str, production: str, input_sha256: str,
+                 files: Iterable[tuple[str, int, bytes]]) -> Manifest:
+    return Manifest(version, FORMAT, production, input_sha256, tuple(
+        FileEntry(path, hashlib.sha256(content).hexdigest(), f"{mode:04o}") for path, mode, content in sorted(files)))
+
+
+# ------------------------------------------------------------------------------------ identity and naming
+
+def tree_hash(entries: Iterable[tuple[str, int, bytes]]) -> str:
+    """The artifact's identity: sha256 over each (path, mode, content), sorted by path."""
+    digest = hashlib.sha256()
+    for path, mode, content in sorted(entries):
+        digest.update(f"{path}\0{mode:o}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()
+
+
+def artifact_name(production: str, tree: str) -> str:
+    return f"{production}-{tree[:NAME_HASH_LENGTH]}"
+
+
+def verify(artifact: Path, name: str | None = None) -> Manifest:
+    """Refuse (ContractError) an artifact whose files differ in any way from what its manifest and name
+    promise; return its manifest. `name` is the name the tree must hash to when it is checked under
+    another (a copy in progress). Symlinks are refused, never followed.
+    """
+    # Checked step by step, in the order and with the words of format 1's first agent: a manifest of
+    # another format is only read far enough to name its format.
+    try:
+        raw = (artifact / MANIFEST).read_bytes()
+        data = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{artifact}: unreadable {MANIFEST}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise ContractError(f"{artifact}: {MANIFEST} is not a backstage manifest")
+    if data.get("format") != FORMAT:
+        raise ContractError(f"{artifact}: artifact format {data.get('format')!r} (backstage {data.get('backstage')!r}) "
+                            f"is not format {FORMAT}; use the matching backstage")
+    try:
+        listed: dict[str, dict[str, Any]] = {_str(f["path"]): _object(f, "file") for f in data["files"]}
+    except (TypeError, KeyError):
+        raise ContractError(f"{artifact}: {MANIFEST} lists its files wrongly") from None
+    found: dict[str, tuple[int, bytes]] = {}
+    for root, dirs, files in os.walk(artifact):
+        for entry in dirs + files:
+            path = Path(root, entry)
+            rel = str(path.relative_to(artifact))
+            if path.is_symlink():
+                raise ContractError(f"{artifact}: {rel} is a symlink (to {os.readlink(path)}); artifacts hold none")
+            if entry in files:
+                found[rel] = (path.stat().st_mode & 0o777, path.read_bytes())
+    missing = sorted(set(listed) - set(found))
+    extra = sorted(set(found) - set(listed) - {MANIFEST})
+    if missing or extra:
+        raise ContractError(f"{artifact}: files missing {missing or '[]'}, files not in the manifest {extra or '[]'}")
+    for rel, promised in sorted(listed.items()):
+        mode, content = found[rel]
+        if hashlib.sha256(content).hexdigest() != promised.get("sha256") or f"{mode:04o}" != promised.get("mode"):
+            raise ContractError(f"{artifact}: {rel} was changed after the build (content or mode)")
+    tree = tree_hash((rel, mode, content) for rel, (mode, content) in found.items())
+    hashed = artifact_name(str(data.get("production")), tree)
+    if (name or artifact.name) != hashed:
+        raise ContractError(f"{artifact}: the manifest does not match the artifact (its content hashes to {hashed})")
+    try:
+        return Manifest.from_json(raw)
+    except ContractError as exc:
+        raise ContractError(f"{artifact}: {exc}") from None
+
+
+def read_plan(artifact: Path) -> Plan:
+    try:
+        data = json.loads((artifact / PLAN).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{artifact}: unreadable {PLAN}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ContractError(f"{artifact}: {PLAN} is not a backstage plan")
+    try:
+        return _plan(data)
+    except ContractError as exc:
+        raise ContractError(f"{artifact}: {exc}") from None

@@ -1,0 +1,123 @@
+"""Phase 7, artifact: rendered files + the host agent + the manifest -> an immutable directory named by
+the hash of its content (contract.artifact_name); and the cache that answers an unchanged rebuild."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from .. import __version__, contract, files
+from . import agentzip
+from .layout import READ_ONLY, File
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    path: Path
+    summary: str
+    cached: bool
+
+
+def assemble(production: str, rendered: dict[str, File], input_hash: str) -> dict[str, File]:
+    """The artifact's files: what render made, the agent, and the manifest listing them all."""
+    tree = dict(rendered)
+    tree[contract.AGENT] = File(agentzip.payload(), READ_ONLY)
+    manifest = contract.manifest_for(__version__, production, input_hash,
+                                     ((path, f.mode, f.content) for path, f in tree.items()))
+    tree[contract.MANIFEST] = File(manifest.to_json())
+    return dict(sorted(tree.items()))
+
+
+def name(production: str, tree: dict[str, File]) -> str:
+    return contract.artifact_name(production, contract.tree_hash((p, f.mode, f.content) for p, f in tree.items()))
+
+
+def write(tree: dict[str, File], outdir: Path, dirname: str) -> Path:
+    """Write the tree to outdir/dirname, read-only, through a temporary directory renamed into place."""
+    final = outdir / dirname
+    if final.is_dir():
+        return final
+    outdir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=outdir))
+    try:
+        dirs: set[str] = set()
+        base = str(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        for rel, f in tree.items():
+            parent = os.path.dirname(rel)
+            while parent and parent not in dirs:
+                os.makedirs(os.path.join(base, parent), exist_ok=True)
+                dirs.add(parent)
+                parent = os.path.dirname(parent)
+            path = os.path.join(base, rel)
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
+            try:
+                view = memoryview(f.content)
+                while view:
+                    view = view[os.write(handle, view):]
+            finally:
+                os.close(handle)
+            if f.mode & umask:  # the mode given at creation lost bits to the umask: the manifest has them
+                os.chmod(path, f.mode)
+        for directory in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+            os.chmod(os.path.join(base, directory), 0o555)
+        os.chmod(tmp, 0o555)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            files.remove_tree(tmp)  # another build of the same content won the race
+    except BaseException:
+        files.remove_tree(tmp)
+        raise
+    return final
+
+
+# ------------------------------------------------------------------------------------------- the cache
+
+@cache
+def compiler_digest() -> str:
+    """Identifies the compiler's behaviour: its version and every source, template and schema byte."""
+    digest = hashlib.sha256(__version__.encode())
+    package = Path(__file__).resolve().parent.parent
+    sources = [*package.rglob("*.py"), *package.rglob("*.j2"), package / "schema" / "production.schema.json"]
+    for path in sorted(sources):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(raw: bytes) -> str:
+    return hashlib.sha256(compiler_digest().encode() + b"\0" + raw).hexdigest()
+
+
+def point_result(outdir: Path, dirname: str) -> None:
+    files.link(Path(dirname), outdir / "result")
+
+
+def _cache_file(outdir: Path, key: str) -> Path:
+    return outdir / ".cache" / key
+
+
+def cached(outdir: Path, key: str) -> Built | None:
+    try:
+        dirname, summary = _cache_file(outdir, key).read_text("utf-8").split("\n", 1)
+    except (OSError, ValueError):
+        return None
+    path = outdir / dirname
+    if "/" in dirname or not (path / contract.MANIFEST).is_file():
+        return None
+    return Built(path, summary.strip(), cached=True)
+
+
+def remember(outdir: Path, key: str, built: Built) -> None:
+    entry = _cache_file(outdir, key)
+    entry.parent.mkdir(exist_ok=True)
+    tmp = entry.with_name(f".{key}.{os.getpid()}")
+    tmp.write_text(f"{built.path.name}\n{built.summary}\n", "utf-8")
+    os.replace(tmp, entry)

@@ -1,0 +1,340 @@
+"""Phase 4, check: the JSON Schema plus whole-production rules, every error in one run."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import jsonschema
+import networkx as nx
+
+from ..errors import CODES, CONTROL, Diagnostic, InputError
+from . import graph as graphs
+from . import layout, schema
+from .load import KeyPath, Loaded, Source
+from .normalise import Normalised
+
+_GENERIC_CODES = {
+    "type": "BS100",
+    "additionalProperties": "BS101",
+    "required": "BS102",
+    "minimum": "BS104",
+    "maximum": "BS104",
+    "enum": "BS105",
+    "const": "BS105",
+    "maxLength": "BS106",
+    "minLength": "BS106",
+    "maxItems": "BS106",
+    "minItems": "BS106",
+    "maxProperties": "BS106",
+    "uniqueItems": "BS107",
+}
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(schema.inlined())
+
+
+def check(normalised: Normalised, graph: nx.DiGraph) -> None:
+    """Raise InputError listing every problem in the production, sorted by line.
+
+    `graph` is the graph phase's view of the same data (its `needs` cycles are reported here).
+    """
+    source = normalised.loaded.source
+    data = normalised.data
+    refuse_oversized(normalised.loaded)
+    found = list(_control_characters(data, (), source))
+    flagged = {d.path for d in found}
+    found += [d for d in _schema_errors(data, source) if d.path not in flagged]
+    found += _Rules(normalised, graph).run()
+    if found:
+        raise InputError(found)
+
+
+def refuse_oversized(loaded: Loaded) -> None:
+    """Refuse tables with more entries than the schema allows before any other work: normalising,
+    graphing and validating 100,000 entries only to reject them all would take long."""
+    oversized = list(_oversized_tables(loaded.data, loaded.source))
+    if oversized:
+        raise InputError(oversized)
+
+
+def _oversized_tables(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:
+    for key, rule in schema.document()["properties"].items():
+        limit = rule.get("maxProperties")
+        table = data.get(key)
+        if limit and isinstance(table, dict) and len(table) > limit:
+            yield source.diagnostic((key,), "BS106", f"{len(table)} entries; the limit is {limit}",
+                                    "split the production: one file should describe one host's sites")
+
+
+def _control_characters(value: Any, path: KeyPath, source: Source) -> Iterator[Diagnostic]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if CONTROL.search(key):
+                yield source.diagnostic((*path, key), "BS108", "the key holds a control character",
+                                        "keys are plain names; remove the character")
+            yield from _control_characters(item, (*path, key), source)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _control_characters(item, (*path, index), source)
+    elif isinstance(value, str) and (found := CONTROL.search(value)):
+        char = found[0]
+        yield source.diagnostic(path, "BS108", f"the value holds the control character U+{ord(char):04X}",
+                                "values are single lines of printable text")
+
+
+def _schema_errors(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:
+    for error in _validator().iter_errors(data):
+        yield from _describe(error, source)
+
+
+def _describe(error: jsonschema.ValidationError, source: Source) -> Iterator[Diagnostic]:
+    path: KeyPath = tuple(error.absolute_path)
+    keyword = str(error.validator)
+    sub: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
+    instance: Any = error.instance
+    if keyword == "additionalProperties":
+        allowed = sorted(sub.get("properties", {}))
+        for key in sorted(set(instance) - set(allowed)):
+            yield source.diagnostic((*path, key), "BS101", f"unknown key `{key}`",
+                                    _did_you_mean(key, allowed) or f"allowed keys: {', '.join(allowed)}")
+        return
+    if keyword == "required":
+        for key in sub.get("required", []):
+            if isinstance(instance, dict) and key not in instance:
+                yield source.diagnostic(path, "BS102", f"missing required key `{key}`",
+                                        f"add `{key} = ...` to this table")
+        return
+    if "propertyNames" in error.relative_schema_path or "propertyNames" in error.schema_path:
+        path = (*path, instance)
+    code = _GENERIC_CODES["type"] if keyword == "type" else sub.get("x-code") or _GENERIC_CODES.get(keyword, "BS100")
+    if keyword == "type":
+        types: list[str] = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
+        expected = [_TOML_WORDS.get(t, t) for t in types]
+        yield source.diagnostic(path, code, f"expected {' or '.join(expected)}, got {_toml_type(instance)}",
+                                _expectation(error) or sub.get("description") or f"write a TOML {expected[0]}")
+    elif keyword in ("enum", "const"):
+        choices = sub.get("enum", [sub.get("const")])
+        hint = _did_you_mean(str(instance), [str(c) for c in choices]) if isinstance(instance, str) else ""
+        yield source.diagnostic(path, code, f"{_show(instance)} is not one of {', '.join(map(_show, choices))}",
+                                hint)
+    elif keyword in ("minimum", "maximum"):
+        yield source.diagnostic(path, code, f"{instance} is out of range",
+                                f"use {sub.get('minimum', '...')} to {sub.get('maximum', '...')}")
+    elif keyword in ("maxLength", "maxItems", "maxProperties", "minLength", "minItems"):
+        yield source.diagnostic(path, code, error.message if len(error.message) < 200 else
+                                f"{keyword} {error.validator_value} exceeded", f"{keyword} is {error.validator_value}")
+    elif keyword == "uniqueItems":
+        yield source.diagnostic(path, code, "the list holds the same item twice", "remove the duplicate")
+    else:
+        yield source.diagnostic(path, code, f"{_show(instance)}: {CODES.get(code, 'invalid value')}",
+                                _expectation(error))
+
+
+def _expectation(error: jsonschema.ValidationError) -> str:
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    expect = sub.get("x-expect")
+    if not expect and isinstance(error.parent, jsonschema.ValidationError):
+        parent = error.parent.schema if isinstance(error.parent.schema, dict) else {}
+        expect = parent.get("x-expect")
+    return f"expected {expect}" if expect else ""
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_TOML_WORDS = {"object": "table", "array": "array", "string": "string", "integer": "integer",
+               "boolean": "boolean", "number": "number"}
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else ""
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        return {}
+    return {name: item for name, item in value.items() if isinstance(item, dict)}
+
+
+class _Rules:
+    """Rules a schema cannot state: they relate one part of the production to another."""
+
+    def __init__(self, normalised: Normalised, graph: nx.DiGraph) -> None:
+        data = normalised.data
+        self.normalised = normalised
+        self.graph = graph
+        self.data = data
+        self.source = normalised.loaded.source
+        self.found: list[Diagnostic] = []
+        self.acts = _table(data, "acts")
+        self.stages = _table(data, "stages")
+        self.sesses = _table(data, "sesses")
+        self.venues = _table(data, "venues")
+        self.gigs = _table(data, "gigs")
+
+    def run(self) -> list[Diagnostic]:
+        self.references()
+        self.claimed_names()
+        self.ports()
+        self.tls_per_port()
+        self.locations()
+        self.settings_twice()
+        self.needs_cycles()
+        self.static_slashes()
+        self.socket_lengths()
+        return self.found
+
+    def report(self, path: KeyPath, code: str, message: str, hint: str = "") -> None:
+        self.found.append(self.source.diagnostic(path, code, message, hint))
+
+    def references(self) -> None:
+        def ref(path: KeyPath, name: Any, kind: str, table: dict[str, Any]) -> None:
+            if isinstance(name, str) and name not in table:
+                hint = _did_you_mean(name, sorted(table)) or (
+                    f"declare [{kind}.{name}]" if not table else f"known {kind}: {', '.join(sorted(table)[:10])}")
+                self.report(path, "BS201", f"no {kind[:-1] if kind != 'sesses' else 'sess'} named `{name}`",
+                            hint)
+
+        for name, sess in self.sesses.items():
+            ref(("sesses", name, "act"), sess.get("act"), "acts", self.acts)
+            ref(("sesses", name, "stage"), sess.get("stage"), "stages", self.stages)
+            needs = sess.get("needs")
+            for index, needed in enumerate(needs if isinstance(needs, list) else []):
+                ref(("sesses", name, "needs", index), needed, "sesses", self.sesses)
+        for name, gig in self.gigs.items():
+            ref(("gigs", name, "venue"), gig.get("venue"), "venues", self.venues)
+            ref(("gigs", name, "sess"), gig.get("sess"), "sesses", self.sesses)
+
+    def claimed_names(self) -> None:
+        owners: dict[str, str] = {}
+        for name, venue in self.venues.items():
+            aliases = venue.get("aliases")
+            claims: list[tuple[KeyPath, Any]] = [(("venues", name, "domain"), venue.get("domain"))]
+            claims += [(("venues", name, "aliases", i), a) for i, a in
+                       enumerate(aliases if isinstance(aliases, list) else [])]
+            for path, host in claims:
+                if not isinstance(host, str):
+                    continue
+                if host in owners:
+                    self.report(path, "BS202", f"`{host}` is already claimed by venue `{owners[host]}`",
+                                "each domain and alias is claimed once; nginx would pick one server silently")
+                owners.setdefault(host, name)
+
+    def ports(self) -> None:
+        taken: dict[int, str] = {}
+        for name, venue in self.venues.items():
+            port = layout.listen_port(venue.get("listen"))
+            if port is not None:
+                taken.setdefault(port, f"venue `{name}`")
+        for name, sess in self.sesses.items():
+            port = sess.get("port")
+            if not isinstance(port, int) or isinstance(port, bool):
+                continue
+            if port in taken:
+                self.report(("sesses", name, "port"), "BS203", f"port {port} is already used by {taken[port]}",
+                            "give each Sess its own port, or drop `port` to use a unix socket")
+            taken.setdefault(port, f"sess `{name}`")
+
+    def tls_per_port(self) -> None:
+        # nginx's `ssl` belongs to the listening socket: every server on a port is TLS, or none is.
+        first: dict[int, tuple[str, bool]] = {}
+        for name, venue in self.venues.items():
+            port = layout.listen_port(venue.get("listen"))
+            if port is None:
+                continue
+            tls = "tls" in venue
+            other, other_tls = first.setdefault(port, (name, tls))
+            if other_tls != tls:
+                listen = ("venues", name, "listen")
+                self.report(listen if self.normalised.spelled(listen) else ("venues", name, "tls"), "BS208",
+                            f"port {port} is {'TLS' if other_tls else 'plain HTTP'} for venue `{other}` but "
+                            f"{'TLS' if tls else 'plain HTTP'} here",
+                            "give TLS and plain-HTTP venues different ports")
+
+    def settings_twice(self) -> None:
+        for name, act in self.acts.items():
+            env = act.get("env")
+            if "settings" in act and isinstance(env, dict) and "DJANGO_SETTINGS_MODULE" in env:
+                self.report(("acts", name, "env", "DJANGO_SETTINGS_MODULE"), "BS113",
+                            "DJANGO_SETTINGS_MODULE is already set by this Act's `settings`",
+                            "keep one of the two")
+
+    def locations(self) -> None:
+        owners: dict[tuple[str, str], str] = {}
+        for name, gig in self.gigs.items():
+            venue, path = gig.get("venue"), gig.get("path")
+            if not (isinstance(venue, str) and isinstance(path, str)):
+                continue
+            key = (venue, path)
+            if key in owners:
+                self.report(("gigs", name, "path"), "BS204",
+                            f"venue `{venue}` already routes `{path}` to {owners[key]}",
+                            "give this Gig another path or another Venue")
+            owners.setdefault(key, f"gig `{name}`")
+        for name, gig in self.gigs.items():
+            venue, path = gig.get("venue"), gig.get("path")
+            act = self.acts.get(str(self.sesses.get(str(gig.get("sess")), {}).get("act")), {})
+            static = act.get("static")
+            if not (isinstance(venue, str) and isinstance(path, str) and isinstance(static, dict)):
+                continue
+            for prefix in static:
+                key = (venue, layout.url_join(path, prefix))
+                if key in owners:
+                    self.report(("gigs", name), "BS204",
+                                f"static files of this Gig would be served at `{key[1]}`, which venue `{venue}` "
+                                f"already routes to {owners[key]}",
+                                "change the Act's static prefix or the Gig's path")
+                owners.setdefault(key, f"gig `{name}`")
+
+    def needs_cycles(self) -> None:
+        for cycle in graphs.needs_cycles(self.graph):
+            first = cycle[0]
+            needs = self.sesses[first]["needs"]
+            self.report(("sesses", first, "needs", needs.index(cycle[1 % len(cycle)])), "BS205",
+                        "`needs` forms a cycle: " + " -> ".join([*cycle, cycle[0]]),
+                        "a Sess cannot need itself, directly or through others; remove one edge")
+
+    def static_slashes(self) -> None:
+        for name, act in self.acts.items():
+            static = act.get("static")
+            for prefix, directory in (static.items() if isinstance(static, dict) else []):
+                if (isinstance(directory, str) and prefix.endswith("/") and directory.startswith("/")
+                        and not directory.endswith("/")):
+                    self.report(("acts", name, "static", prefix), "BS206",
+                                f"static prefix `{prefix}` ends with '/' but directory `{directory}` does not",
+                                f"write `{directory}/`: with nginx `alias`, a mismatch serves files outside "
+                                "the directory (GET /static../secret)")
+
+    def socket_lengths(self) -> None:
+        production = self.data.get("production")
+        if not isinstance(production, dict) or not isinstance(production.get("name"), str):
+            return
+        prod = production["name"]
+        run_dir = production.get("run_dir")
+        if not isinstance(run_dir, str):
+            return
+        for name, sess in self.sesses.items():
+            if "port" in sess:
+                continue
+            path = layout.socket_path(run_dir, prod, name, "0" * layout.HASH_LENGTH)
+            if len(path.encode()) > layout.MAX_SOCKET_PATH:
+                self.report(("sesses", name), "BS207",
+                            f"its socket path would be {len(path.encode())} bytes; unix sockets allow "
+                            f"{layout.MAX_SOCKET_PATH}",
+                            "shorten production.run_dir, the production name or the Sess name, or give it a port")
+

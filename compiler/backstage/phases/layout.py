@@ -1,0 +1,82 @@
+"""Layout: every generated name and place (files, sockets, links, addresses), decided in one module.
+
+Shared by normalise, check, model and render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HASH_LENGTH = 8
+READ_ONLY = 0o444
+EXECUTABLE = 0o555
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """One file of an artifact: its bytes and its mode."""
+
+    content: bytes
+    mode: int = READ_ONLY
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def default_dirs(production: str) -> dict[str, str]:
+    return {
+        "state_dir": f"/var/lib/backstage/{production}",
+        "run_dir": f"/run/backstage/{production}",
+        "log_dir": f"/var/log/backstage/{production}",
+    }
+
+
+def vassal_stem(production: str, sess: str, content_hash: str) -> str:
+    return f"{production}--{sess}--{content_hash}"
+
+
+def in_dir(directory: str, name: str) -> str:
+    """directory/name, also when directory is '/'."""
+    return f"{directory.rstrip('/')}/{name}"
+
+
+def socket_path(run_dir: str, production: str, sess: str, content_hash: str) -> str:
+    return in_dir(run_dir, f"{vassal_stem(production, sess, content_hash)}.sock")
+
+
+def env_prefix(sess: str) -> str:
+    return "BACKSTAGE_" + sess.upper().replace("-", "_")
+
+
+def nginx_link_name(production: str) -> str:
+    return f"backstage--{production}.conf"
+
+
+def url_join(prefix: str, relative: str) -> str:
+    """Mount a '/x/' prefix under a '/y/' prefix: '/y/x/'."""
+    return prefix + relative.removeprefix("/")
+
+
+def default_listen(tls: bool) -> int:
+    return 443 if tls else 80
+
+
+def listen_port(listen: object) -> int | None:
+    """The port of a Venue's `listen` (a port, or "IPv4:PORT"); None if it is neither."""
+    if isinstance(listen, bool):
+        return None
+    if isinstance(listen, int):
+        return listen
+    if isinstance(listen, str) and ":" in listen and listen.rsplit(":", 1)[1].isdigit():
+        return int(listen.rsplit(":", 1)[1])
+    return None
+
+
+def connect_address(listen: str) -> str:
+    """Where a client on this host reaches a Venue's `listen`: 127.0.0.1 for a port or 0.0.0.0."""
+    ip, _, port = listen.rpartition(":")
+    return f"{'127.0.0.1' if ip in ('', '0.0.0.0') else ip}:{port}"
+
+
+def tcp_address(port: int) -> str:
+    """A Sess with a `port` binds it on loopback only."""
+    return f"127.0.0.1:{port}"

@@ -1,0 +1,180 @@
+"""Phase 5, model: normalised, checked data -> frozen, typed objects. It states no default: normalise did."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+Scalar = bool | int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    vassals_dir: str
+    nginx_dir: str
+    nginx: tuple[str, ...]
+    nginx_user: str
+    emperor_stats: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: str
+    virtualenv: str
+    requirements: tuple[str, ...]
+    uid: str | None
+    gid: str | None
+    uwsgi: Mapping[str, Scalar]
+
+
+@dataclass(frozen=True, slots=True)
+class Act:
+    name: str
+    module: str
+    callable: str
+    path: str
+    settings: str | None
+    env: tuple[tuple[str, str], ...]
+    static: tuple[tuple[str, str], ...]
+    health: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sess:
+    name: str
+    act: str
+    stage: str
+    processes: int
+    threads: int
+    needs: tuple[str, ...]
+    uwsgi: tuple[tuple[str, Scalar], ...]
+    protocol: Literal["uwsgi", "http"]
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Venue:
+    name: str
+    domain: str
+    aliases: tuple[str, ...]
+    listen: str
+    tls: Tls | None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.domain, *self.aliases)
+
+
+@dataclass(frozen=True, slots=True)
+class Gig:
+    name: str
+    venue: str
+    sess: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Production:
+    name: str
+    state_dir: str
+    run_dir: str
+    log_dir: str
+    host: Host
+    stages: Mapping[str, Stage]
+    acts: Mapping[str, Act]
+    sesses: Mapping[str, Sess]
+    venues: Mapping[str, Venue]
+    gigs: Mapping[str, Gig]
+
+
+def _sorted(items: dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(sorted(items.items())))
+
+
+def build(data: dict[str, Any]) -> Production:
+    """Model a production that check() accepted, from normalised data: the input is trusted here."""
+    head = data["production"]
+    host = data["host"]
+    stages = {n: _stage(n, s) for n, s in data.get("stages", {}).items()}
+    return Production(
+        name=head["name"],
+        state_dir=_directory(head["state_dir"]),
+        run_dir=_directory(head["run_dir"]),
+        log_dir=_directory(head["log_dir"]),
+        host=Host(
+            vassals_dir=host["vassals_dir"],
+            nginx_dir=host["nginx_dir"],
+            nginx=tuple(host["nginx"]),
+            nginx_user=host["nginx_user"],
+            emperor_stats=host["emperor_stats"],
+        ),
+        stages=_sorted(stages),
+        acts=_sorted({n: _act(n, a) for n, a in data.get("acts", {}).items()}),
+        sesses=_sorted({n: _sess(n, s, stages[s["stage"]]) for n, s in data.get("sesses", {}).items()}),
+        venues=_sorted({n: _venue(n, v) for n, v in data.get("venues", {}).items()}),
+        gigs=_sorted({n: Gig(n, g["venue"], g["sess"], g["path"]) for n, g in data.get("gigs", {}).items()}),
+    )
+
+
+def _directory(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+def _stage(name: str, raw: dict[str, Any]) -> Stage:
+    return Stage(name, raw["virtualenv"], tuple(raw.get("requirements", ())), raw.get("uid"), raw.get("gid"),
+                 MappingProxyType(dict(raw.get("uwsgi", {}))))
+
+
+def _act(name: str, raw: dict[str, Any]) -> Act:
+    module, _, func = raw["wsgi"].partition(":")
+    return Act(
+        name=name,
+        module=module,
+        callable=func or "application",
+        path=raw["path"],
+        settings=raw.get("settings"),
+        env=tuple(sorted(raw.get("env", {}).items())),
+        static=tuple(sorted(raw.get("static", {}).items())),
+        health=raw["health"],
+    )
+
+
+# Sess fields that a Stage's or Sess's [uwsgi] table may also give (normalise takes them from there):
+# they are written once, as the fields, never also as pass-through options.
+_SESS_FIELDS_IN_UWSGI = ("processes", "threads")
+
+
+def _sess(name: str, raw: dict[str, Any], stage: Stage) -> Sess:
+    options: dict[str, Scalar] = dict(stage.uwsgi) | raw.get("uwsgi", {})
+    for key in _SESS_FIELDS_IN_UWSGI:
+        options.pop(key, None)
+    return Sess(
+        name=name,
+        act=raw["act"],
+        stage=raw["stage"],
+        processes=raw["processes"],
+        threads=raw["threads"],
+        needs=tuple(sorted(raw.get("needs", ()))),
+        uwsgi=tuple(sorted(options.items())),
+        protocol=raw["protocol"],
+        port=raw.get("port"),
+    )
+
+
+def _venue(name: str, raw: dict[str, Any]) -> Venue:
+    tls = raw.get("tls")
+    return Venue(
+        name=name,
+        domain=raw["domain"],
+        aliases=tuple(raw.get("aliases", ())),
+        listen=str(raw["listen"]),
+        tls=Tls(tls["certificate"], tls["key"]) if tls else None,
+    )

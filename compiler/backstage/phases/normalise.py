@@ -1,0 +1,121 @@
+"""Phase 2, normalise: every default filled in, once, before anything reads the data.
+
+The schema states the defaults (`default` on a property); a few depend on other values and are
+derived here, each in one function: the three directories (from the production's name), a Venue's
+`listen` (80, or 443 with `tls`), and a Sess's `processes` and `threads` (its `[uwsgi]` table, else
+its Stage's, else the schema's default). check and model read the result and state no default.
+
+The data may still be invalid here: a default is only filled in where its table is a table, and a
+derived one only from values of the right type; check then reports what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import layout, schema
+from .load import KeyPath, Loaded
+
+Data = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    loaded: Loaded
+    data: Data
+    defaulted: frozenset[KeyPath]  # the key paths this phase filled in, not the file
+
+    def spelled(self, path: KeyPath) -> bool:
+        """Whether the file itself gives this key."""
+        return path not in self.defaulted
+
+
+def normalise(loaded: Loaded) -> Normalised:
+    """Fill the defaults into the loaded data, in place: the pipeline owns it, and copying a large
+    production would cost more than the rest of this phase."""
+    data = loaded.data
+    filled: set[KeyPath] = set()
+    for table, key, derive in _DERIVED:
+        for path, entry in _entries(data, table):
+            if isinstance(entry, dict) and key not in entry:
+                value = derive(data, entry)
+                if value is not None:
+                    entry[key] = value
+                    filled.add((*path, key))
+    filled |= set(_schema_defaults(data, schema.inlined(), ()))
+    return Normalised(loaded, data, frozenset(filled))
+
+
+def _schema_defaults(node: Any, rule: dict[str, Any], path: KeyPath) -> Iterator[KeyPath]:
+    if not isinstance(node, dict):
+        return
+    properties: dict[str, Any] = rule.get("properties", {})
+    for key, sub in properties.items():
+        if key not in node and "default" in sub:
+            node[key] = copy.deepcopy(sub["default"])
+            yield (*path, key)
+        elif key not in node and key not in rule.get("required", ()) and _has_defaults(sub):
+            node[key] = {}  # an optional table left out, such as [host]: its keys' defaults apply
+            yield (*path, key)
+            yield from _schema_defaults(node[key], sub, (*path, key))
+        elif key in node:
+            yield from _schema_defaults(node[key], sub, (*path, key))
+    entries = rule.get("additionalProperties")
+    if isinstance(entries, dict) and entries.get("type") == "object":
+        for key, value in node.items():
+            if key not in properties:
+                yield from _schema_defaults(value, entries, (*path, key))
+
+
+def _has_defaults(rule: dict[str, Any]) -> bool:
+    return any("default" in sub for sub in rule.get("properties", {}).values())
+
+
+def _entries(data: Data, table: str | None) -> Iterator[tuple[KeyPath, Any]]:
+    if table is None:
+        yield ("production",), data.get("production")
+        return
+    value = data.get(table)
+    if isinstance(value, dict):
+        for name, entry in value.items():
+            yield (table, name), entry
+
+
+def _dir(kind: str) -> Callable[[Data, Data], str | None]:
+    def derive(data: Data, production: Data) -> str | None:
+        name = production.get("name")
+        return layout.default_dirs(name)[kind] if isinstance(name, str) else None
+    return derive
+
+
+def _listen(data: Data, venue: Data) -> int:
+    return layout.default_listen(tls="tls" in venue)
+
+
+def _count(key: str) -> Callable[[Data, Data], Any]:
+    """A Sess's processes or threads: its own [uwsgi] table's, else its Stage's, else the schema's."""
+    def derive(data: Data, sess: Data) -> Any:
+        stages = data.get("stages")
+        stage = stages.get(sess.get("stage")) if isinstance(stages, dict) and isinstance(sess.get("stage"), str) \
+            else None
+        for table in (sess.get("uwsgi"), stage.get("uwsgi") if isinstance(stage, dict) else None):
+            if isinstance(table, dict) and key in table:
+                value = table[key]
+                # uWSGI reads "4" as 4; anything else is left for check to refuse at this Sess.
+                return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
+        default: int = schema.inlined()["properties"]["sesses"]["additionalProperties"]["properties"][key]["default"]
+        return default
+    return derive
+
+
+_DERIVED: tuple[tuple[str | None, str, Callable[[Data, Data], Any]], ...] = (
+    (None, "state_dir", _dir("state_dir")),
+    (None, "run_dir", _dir("run_dir")),
+    (None, "log_dir", _dir("log_dir")),
+    ("venues", "listen", _listen),
+    ("sesses", "processes", _count("processes")),
+    ("sesses", "threads", _count("threads")),
+)

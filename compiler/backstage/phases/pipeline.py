@@ -1,0 +1,112 @@
+"""The one pipeline: load -> normalise -> graph -> check -> model -> render -> artifact.
+
+Every verb, `backstage try`, the tests and the benchmarks call these; none writes the phases out again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import artifact, load
+from .layout import File
+from .load import KeyPath
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from . import model
+
+# The other phases are imported where they are used: a rebuild of unchanged input is answered from
+# the cache, and should cost little more than starting Python (no jsonschema, Jinja2 or networkx).
+
+# An overlay rewrites loaded, normalised data in place (as `backstage try` plugs a production into a
+# sandbox) and returns the key paths it set; problems there are reported against the overlay's label.
+Overlay = Callable[[dict[str, Any]], Iterable[KeyPath]]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A production that passed check: the frozen model and its graph."""
+
+    production: model.Production
+    graph: nx.DiGraph
+    input_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A compiled production: the model, its graph and every file of its artifact."""
+
+    production: model.Production
+    graph: nx.DiGraph
+    files: dict[str, File]
+    name: str  # the artifact's directory name: <production>-<tree hash>
+    input_hash: str
+
+    @property
+    def summary(self) -> str:
+        return summarize(self.production)
+
+
+def check_bytes(raw: bytes, file: str, overlay: Overlay | None = None, overlay_label: str = "") -> Checked:
+    from . import check, graph, model, normalise
+
+    loaded = load.load_bytes(raw, file)
+    check.refuse_oversized(loaded)  # first: the other phases would spend long on a huge table
+    normalised = normalise.normalise(loaded)
+    if overlay is not None:
+        injected = tuple(overlay(normalised.data))
+        loaded.source.inject(injected, overlay_label or "overlay")
+    production_graph = graph.build(normalised.data)
+    check.check(normalised, production_graph)
+    return Checked(model.build(normalised.data), production_graph, loaded.input_hash)
+
+
+def check_file(path: str | Path, overlay: Overlay | None = None, overlay_label: str = "") -> Checked:
+    return check_bytes(load.read(path), str(path), overlay, overlay_label)
+
+
+def compile_checked(checked: Checked) -> Compiled:
+    from . import render
+
+    rendered = render.render(checked.production, checked.graph)
+    files = artifact.assemble(checked.production.name, rendered, checked.input_hash)
+    return Compiled(checked.production, checked.graph, files, artifact.name(checked.production.name, files),
+                    checked.input_hash)
+
+
+def compile(path: str | Path, *, overlay: Overlay | None = None, overlay_label: str = "") -> Compiled:
+    """Load, check and render a production file; raise InputError with every problem found."""
+    return compile_checked(check_file(path, overlay, overlay_label))
+
+
+def compile_bytes(raw: bytes, file: str = "production.toml") -> Compiled:
+    return compile_checked(check_bytes(raw, file))
+
+
+def build(path: str | Path, outdir: str | Path) -> artifact.Built:
+    """Compile and write the artifact to outdir/<name>, pointing outdir/result at it; an unchanged
+    input (and compiler) is answered from outdir/.cache without compiling."""
+    raw = load.read(path)
+    out = Path(outdir)
+    key = artifact.cache_key(raw)
+    hit = artifact.cached(out, key)
+    if hit:
+        artifact.point_result(out, hit.path.name)
+        return hit
+    compiled = compile_checked(check_bytes(raw, str(path)))
+    written = artifact.write(compiled.files, out, compiled.name)
+    built = artifact.Built(written, compiled.summary, cached=False)
+    artifact.remember(out, key, built)
+    artifact.point_result(out, written.name)
+    return built
+
+
+def summarize(production: model.Production) -> str:
+    booked = {gig.venue for gig in production.gigs.values()}
+    closed = sum(1 for name in production.venues if name not in booked)
+    return (f"{len(production.sesses)} vassals, {len(production.venues)} venues ({closed} closed), "
+            f"{len(production.gigs)} gigs")
