@@ -104,8 +104,42 @@ def future_format(a: Path) -> str:
     return "artifact format 99 (backstage '99.0.0') is not format 1"
 
 
+def fifo_inside(a: Path) -> str:
+    os.mkfifo(a / "uwsgi" / "listen.fifo")  # reading it would block verification forever
+    return "uwsgi/listen.fifo is a FIFO; artifacts hold regular files only"
+
+
+def socket_inside(a: Path) -> str:
+    import socket
+
+    here = os.getcwd()
+    os.chdir(a / "nginx")  # a relative name: the absolute path is longer than a socket address allows
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind("x.sock")
+    finally:
+        os.chdir(here)
+    return "nginx/x.sock is a socket; artifacts hold regular files only"
+
+
+def deep_tree(a: Path) -> str:
+    deep = a / "stages"
+    deep.mkdir()
+    for _ in range(1100):
+        deep = deep / "d"
+        deep.mkdir()
+    return "is nested deeper than 16 levels"
+
+
+def hard_link_outside(a: Path) -> str:
+    outside = a.parent / "outside.conf"
+    os.link(a / "nginx" / "www.conf", outside)  # the same file, reachable from outside the artifact
+    return "nginx/www.conf has 2 hard links; artifacts hold files of one"
+
+
 @pytest.mark.parametrize("tamper", [change_content, change_mode, add_file, remove_file, rewrite_manifest,
-                                    symlink_outside, future_format], ids=lambda f: f.__name__)
+                                    symlink_outside, future_format, fifo_inside, socket_inside, deep_tree,
+                                    hard_link_outside], ids=lambda f: f.__name__)
 def test_apply_refuses_and_leaves_the_host_untouched(tamper: Callable[[Path], str], tmp_path: Path) -> None:
     source = tmp_path / "production.toml"
     source.write_text(PRODUCTION.format(tmp=tmp_path / "host"))

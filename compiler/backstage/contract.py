@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+
+from .files import write_tree
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -28,8 +31,10 @@ PLAN = "apply.json"
 AGENT = "agent.pyz"
 INSTALLER = "install.sh"
 NAME_HASH_LENGTH = 32
-# Test hook: the agent kills itself with SIGKILL at the named point of a switch.
+# Test hooks: the agent kills itself with SIGKILL at the named point of a switch; `backstage apply`
+# runs this shell command, with the original artifact's path as $1, once its copy is verified.
 CRASH_POINT_ENV = "BACKSTAGE_TEST_CRASH_AT"
+AFTER_COPY_ENV = "BACKSTAGE_TEST_AFTER_COPY"
 
 Protocol = Literal["uwsgi", "http"]
 
@@ -261,17 +266,103 @@ def artifact_name(production: str, tree: str) -> str:
     return f"{production}-{tree[:NAME_HASH_LENGTH]}"
 
 
+# Bounds on what an artifact may hold: far above any real one, low enough that a hostile tree is
+# refused at once instead of exhausting the agent.
+MAX_DEPTH = 16
+MAX_ENTRIES = 200_000
+MAX_BYTES = 1 << 30
+
+Tree = dict[str, tuple[int, bytes]]  # relative path -> (mode, content) of every regular file
+
+
+def read_tree(artifact: Path) -> Tree:
+    """Every file of an artifact, read without following a link or blocking: only regular files and
+    directories are allowed (no symlink, FIFO, socket or device, no file with a second hard link), at
+    most MAX_DEPTH levels deep. Anything else is refused (ContractError) with its path."""
+    found: Tree = {}
+    total = 0
+    pending: list[tuple[str, int]] = [("", 0)]
+    try:
+        top = os.lstat(artifact)
+    except OSError as exc:
+        raise ContractError(f"{artifact}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(top.st_mode):
+        raise ContractError(f"{artifact}: not a directory")
+    while pending:
+        rel_dir, depth = pending.pop()
+        try:
+            names = sorted(os.listdir(artifact / rel_dir if rel_dir else artifact))
+        except OSError as exc:
+            raise ContractError(f"{artifact}: {rel_dir or '.'}: {exc.strerror or exc}") from None
+        for entry in names:
+            rel = f"{rel_dir}/{entry}" if rel_dir else entry
+            path = artifact / rel
+            try:
+                info = os.lstat(path)
+            except OSError as exc:
+                raise ContractError(f"{artifact}: {rel}: {exc.strerror or exc}") from None
+            if stat.S_ISLNK(info.st_mode):
+                raise ContractError(f"{artifact}: {rel} is a symlink (to {os.readlink(path)}); artifacts hold none")
+            if stat.S_ISDIR(info.st_mode):
+                if depth + 1 >= MAX_DEPTH:
+                    raise ContractError(f"{artifact}: {rel} is nested deeper than {MAX_DEPTH} levels")
+                pending.append((rel, depth + 1))
+            elif not stat.S_ISREG(info.st_mode):
+                raise ContractError(f"{artifact}: {rel} is a {_kind(info.st_mode)}; artifacts hold regular files only")
+            elif info.st_nlink != 1:
+                raise ContractError(f"{artifact}: {rel} has {info.st_nlink} hard links; artifacts hold files of one")
+            else:
+                found[rel] = _read_regular(artifact, rel)
+                total += len(found[rel][1])
+            if len(found) + len(pending) > MAX_ENTRIES or total > MAX_BYTES:
+                raise ContractError(f"{artifact}: more than {MAX_ENTRIES} entries or {MAX_BYTES} bytes")
+    return found
+
+
+def _read_regular(artifact: Path, rel: str) -> tuple[int, bytes]:
+    """(mode, content) of a file that lstat saw as regular, checked again on the open descriptor."""
+    try:
+        fd = os.open(artifact / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise ContractError(f"{artifact}: {rel}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise ContractError(f"{artifact}: {rel} changed while it was read")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return info.st_mode & 0o777, b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, word in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return word
+    return "special file"
+
+
 def verify(artifact: Path, name: str | None = None) -> Manifest:
     """Refuse (ContractError) an artifact whose files differ in any way from what its manifest and name
     promise; return its manifest. `name` is the name the tree must hash to when it is checked under
-    another (a copy in progress). Symlinks are refused, never followed.
+    another (a copy in progress). Symlinks and special files are refused, never followed or opened.
     """
+    return check_tree(artifact, read_tree(artifact), name or artifact.name)
+
+
+def check_tree(artifact: Path, found: Tree, name: str) -> Manifest:
+    """The checks of `verify` over a tree already read: `artifact` only names it in messages."""
     # Checked step by step, in the order and with the words of format 1's first agent: a manifest of
     # another format is only read far enough to name its format.
     try:
-        raw = (artifact / MANIFEST).read_bytes()
+        raw = found[MANIFEST][1]
         data = json.loads(raw)
-    except (OSError, ValueError) as exc:
+    except KeyError:
+        raise ContractError(f"{artifact}: unreadable {MANIFEST}: no such file") from None
+    except ValueError as exc:
         raise ContractError(f"{artifact}: unreadable {MANIFEST}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         raise ContractError(f"{artifact}: {MANIFEST} is not a backstage manifest")
@@ -282,15 +373,6 @@ def verify(artifact: Path, name: str | None = None) -> Manifest:
         listed: dict[str, dict[str, Any]] = {_str(f["path"]): _object(f, "file") for f in data["files"]}
     except (TypeError, KeyError):
         raise ContractError(f"{artifact}: {MANIFEST} lists its files wrongly") from None
-    found: dict[str, tuple[int, bytes]] = {}
-    for root, dirs, files in os.walk(artifact):
-        for entry in dirs + files:
-            path = Path(root, entry)
-            rel = str(path.relative_to(artifact))
-            if path.is_symlink():
-                raise ContractError(f"{artifact}: {rel} is a symlink (to {os.readlink(path)}); artifacts hold none")
-            if entry in files:
-                found[rel] = (path.stat().st_mode & 0o777, path.read_bytes())
     missing = sorted(set(listed) - set(found))
     extra = sorted(set(found) - set(listed) - {MANIFEST})
     if missing or extra:
@@ -301,12 +383,23 @@ def verify(artifact: Path, name: str | None = None) -> Manifest:
             raise ContractError(f"{artifact}: {rel} was changed after the build (content or mode)")
     tree = tree_hash((rel, mode, content) for rel, (mode, content) in found.items())
     hashed = artifact_name(str(data.get("production")), tree)
-    if (name or artifact.name) != hashed:
+    if name != hashed:
         raise ContractError(f"{artifact}: the manifest does not match the artifact (its content hashes to {hashed})")
     try:
         return Manifest.from_json(raw)
     except ContractError as exc:
         raise ContractError(f"{artifact}: {exc}") from None
+
+
+def copy_verified(artifact: Path, dest: Path) -> Manifest:
+    """Copy a verified artifact to `dest` (which must not exist; its parent must be trusted): the bytes
+    written are the bytes verified, read once, so a file changed in the original afterwards changes
+    nothing. Directory modes are normalised to 0555; file modes are the manifest's."""
+    found = read_tree(artifact)
+    manifest = check_tree(artifact, found, artifact.name)
+    os.mkdir(dest, 0o700)
+    write_tree(dest, ((rel, mode, content) for rel, (mode, content) in sorted(found.items())))
+    return manifest
 
 
 def read_plan(artifact: Path) -> Plan:

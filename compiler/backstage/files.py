@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -38,3 +39,30 @@ def remove_tree(path: Path) -> None:
                 os.chmod(inner, 0o755)
     os.chmod(path, 0o755)
     shutil.rmtree(path)
+
+
+def write_tree(base: Path, entries: Iterable[tuple[str, int, bytes]]) -> None:
+    """Create (path, mode, content) files under the existing, empty directory `base`, each with O_EXCL
+    (never through a link), then make every directory read-only (0555, `base` included)."""
+    dirs: set[str] = set()
+    umask = os.umask(0)
+    os.umask(umask)
+    for rel, mode, content in entries:
+        parent = os.path.dirname(rel)
+        while parent and parent not in dirs:
+            os.makedirs(os.path.join(base, parent), mode=0o755, exist_ok=True)
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+        path = os.path.join(base, rel)
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(handle, view):]
+            if mode & umask:  # the mode given at creation lost bits to the umask: the manifest has them
+                os.fchmod(handle, mode)
+        finally:
+            os.close(handle)
+    for directory in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+        os.chmod(os.path.join(base, directory), 0o555)
+    os.chmod(base, 0o555)

@@ -6,20 +6,22 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..contract import Plan, verify
+from ..contract import ContractError, Plan, copy_verified, verify
 from ..files import remove_tree
+from . import trust
 from .outcomes import Refused
 
 GENERATIONS = "generations"
 CURRENT = "current"
 HISTORY = "history"
 LOCK = "lock"
+OWNER = "production"  # the name of the one production this state_dir belongs to
+INCOMING = "incoming"  # `backstage apply` copies an artifact here, verifies the copy and runs only it
 # history: one line per event, "<UTC time>\t<generation>\t<start|ok|failed>".
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -39,11 +41,56 @@ class State:
         self.vassals_dir = Path(plan.host.vassals_dir)
         self.nginx_link = Path(plan.host.nginx_dir) / plan.nginx_link
 
+    def prepare(self, create: bool = True) -> None:
+        """Check every directory apply writes into (trust.py), creating the missing ones with `create`;
+        and refuse a state_dir that belongs to another production."""
+        trust.directory(self.root, "state_dir", create)
+        trust.subdirectory(self.root, GENERATIONS, "state_dir/generations", create)
+        trust.directory(self.run_dir, "run_dir", create)
+        trust.directory(self.log_dir, "log_dir", create)
+        trust.directory(self.vassals_dir, "[host].vassals_dir", create)
+        trust.directory(self.nginx_link.parent, "[host].nginx_dir", create)
+        self.claim(create)
+
+    def claim(self, write: bool) -> None:
+        """One owner per state_dir: the first apply records its production there; another's is refused."""
+        owner = self.root / OWNER
+        try:
+            recorded = _read_small(owner).strip()
+        except FileNotFoundError:
+            others = sorted(p.name for p in _entries_of(self.generations)
+                            if not p.name.startswith((".", f"{self.production}-")))
+            if others:  # a state_dir from before owners were recorded, holding another's generations
+                raise Refused(f"state_dir {self.root} holds generations of another production ({others[0]}); "
+                              f"give production {self.production} a state_dir of its own") from None
+            if write:
+                tmp = owner.with_name(f".{OWNER}.{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+                try:
+                    os.write(fd, f"{self.production}\n".encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, owner)
+            return
+        except (OSError, ValueError) as exc:
+            raise Refused(f"cannot read {owner}: {exc}") from None
+        if recorded != self.production:
+            raise Refused(f"state_dir {self.root} belongs to production {recorded}, not {self.production}; "
+                          "give each production a state_dir of its own")
+
     @contextlib.contextmanager
     def lock(self, wait: float) -> Iterator[None]:
-        """Hold the production's lock; refuse after `wait` seconds if another process holds it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a+") as handle:
+        """Hold the production's lock; refuse after `wait` seconds if another process holds it.
+        The directories are checked (and made) first: the lock file lives in state_dir."""
+        self.prepare(create=True)
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise Refused(f"cannot open the lock {self.root / LOCK}: {exc.strerror}") from None
+        with os.fdopen(fd, "a+") as handle:
             deadline = time.monotonic() + wait
             while True:
                 try:
@@ -71,17 +118,29 @@ class State:
             return None
 
     def install(self, artifact: Path) -> Path:
-        """Copy the artifact into generations/, atomically; an existing copy is reused."""
+        """Copy the artifact into generations/, atomically; an existing copy is reused (checked again).
+
+        The bytes copied are the bytes verified (contract.copy_verified), and the copy is verified once
+        more where it lands: what runs is what was checked, whatever happens to the original.
+        """
         target = self.generations / artifact.name
-        if target.is_dir():
+        if os.path.lexists(target):
+            try:
+                verify(target)
+            except ContractError as exc:
+                raise Refused(f"the kept generation is damaged: {exc}; remove {target}") from None
             return target
-        self.generations.mkdir(parents=True, exist_ok=True)
         for stale in self.generations.glob(".tmp-*"):
             remove_tree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.generations))
         os.rmdir(tmp)
-        shutil.copytree(artifact, tmp, symlinks=True)
-        verify(tmp, artifact.name)  # what lands in generations/ is checked, not only its source
+        try:
+            copy_verified(artifact, tmp)
+            verify(tmp, artifact.name)
+        except ContractError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                remove_tree(tmp)
+            raise Refused(str(exc)) from None
         os.rename(tmp, target)
         return target
 
@@ -119,3 +178,19 @@ class State:
                 when, name, outcome = line.split("\t", 2)
                 found.append((when, name, outcome))
         return found
+
+
+def _read_small(path: Path, limit: int = 4096) -> str:
+    """A small file of apply's own, read without following a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        return os.read(fd, limit).decode()
+    finally:
+        os.close(fd)
+
+
+def _entries_of(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []

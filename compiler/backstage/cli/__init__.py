@@ -87,9 +87,9 @@ def _apply(args: argparse.Namespace) -> int:
     if (target / "result").is_symlink():
         target = target / "result"
     target = target.resolve()
-    handoff.verify(target)
     extra = ["--dry-run"] if args.dry_run else []
-    return _installer_exit(handoff.run_installer(target / contract.INSTALLER, "apply", *extra, *_timeouts(args)))
+    with handoff.staged(target, args.dry_run) as copy:
+        return _installer_exit(handoff.run_installer(copy / contract.INSTALLER, "apply", *extra, *_timeouts(args)))
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -7,10 +7,18 @@ module imports none of it, only the contract both sides share.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import contract
+from ..agent import trust
+from ..agent.outcomes import Refused
+from ..agent.state import INCOMING
+from ..files import remove_tree
 
 
 class HandoffError(Exception):
@@ -24,6 +32,43 @@ def verify(artifact: Path) -> None:
         raise HandoffError(f"refusing to apply: {refusal}") from None
 
 
+@contextlib.contextmanager
+def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
+    """A verified copy of `artifact` to run instead of it: verify what runs, run what was verified.
+
+    The copy goes into a fresh root-only directory under state_dir/incoming/ (a dry run, which must
+    write nothing there, uses one under the system's temporary directory); the bytes written are the
+    bytes verified, so a file changed or swapped in the original afterwards changes nothing. The
+    original's apply.json is only read to find state_dir; the copy's must name the same one.
+    """
+    try:
+        contract.verify(artifact)  # first, so a refused artifact leaves the host as it was
+        state = Path(contract.read_plan(artifact).state_dir)
+        if dry_run:
+            trust.directory(state, "state_dir", create=False)
+            parent = Path(tempfile.gettempdir())
+        else:
+            trust.directory(state, "state_dir")
+            parent = trust.subdirectory(state, INCOMING, "state_dir/incoming")
+    except (contract.ContractError, Refused) as refusal:
+        raise HandoffError(f"refusing to apply: {refusal}") from None
+    stage = Path(tempfile.mkdtemp(prefix=".apply-", dir=parent))
+    try:
+        copy = stage / artifact.name
+        try:
+            contract.copy_verified(artifact, copy)
+            if contract.read_plan(copy).state_dir != str(state):
+                raise contract.ContractError(f"{artifact}: apply.json changed while it was copied")
+        except contract.ContractError as refusal:
+            raise HandoffError(f"refusing to apply: {refusal}") from None
+        hook = os.environ.get(contract.AFTER_COPY_ENV)
+        if hook:  # tests change the original here, after its copy was verified
+            subprocess.run(["sh", "-c", hook, "sh", str(artifact)], check=True)
+        yield copy
+    finally:
+        remove_tree(stage)
+
+
 def state_dir(production: str | Path) -> Path:
     """A production's state_dir, from its production file or from the directory itself."""
     path = Path(production)
@@ -35,14 +80,30 @@ def state_dir(production: str | Path) -> Path:
 
 
 def installer(state: Path) -> Path:
-    """The install.sh to act on kept generations with: the live one's, else the newest kept one's."""
+    """The install.sh to act on kept generations with: the live one's, else the newest kept one's.
+
+    It runs as root, so state_dir must be one only root can change, and the generation is verified
+    against its manifest and name first.
+    """
+    try:
+        trust.directory(state, "state_dir", create=False)
+    except Refused as refusal:
+        raise HandoffError(f"refusing to run a kept generation: {refusal}") from None
     current = state / "current"
     if (current / contract.INSTALLER).is_file():
-        return current / contract.INSTALLER
-    kept = sorted((state / "generations").glob(f"*/{contract.INSTALLER}"), key=lambda p: p.stat().st_mtime)
-    if not kept:
-        raise HandoffError(f"{state}: no generation was ever applied here")
-    return kept[-1]
+        chosen = current.resolve()
+    else:
+        kept = sorted((state / "generations").glob(f"*/{contract.INSTALLER}"), key=lambda p: p.stat().st_mtime)
+        if not kept:
+            raise HandoffError(f"{state}: no generation was ever applied here")
+        chosen = kept[-1].parent
+    if chosen.parent != (state / "generations").resolve():
+        raise HandoffError(f"refusing to run a kept generation: {state}/current points outside generations/")
+    try:
+        contract.verify(chosen)
+    except contract.ContractError as refusal:
+        raise HandoffError(f"refusing to run a kept generation: {refusal}") from None
+    return chosen / contract.INSTALLER
 
 
 def run_installer(script: Path, *args: str) -> int:

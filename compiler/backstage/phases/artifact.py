@@ -44,29 +44,7 @@ def write(tree: dict[str, File], outdir: Path, dirname: str) -> Path:
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=outdir))
     try:
-        dirs: set[str] = set()
-        base = str(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        for rel, f in tree.items():
-            parent = os.path.dirname(rel)
-            while parent and parent not in dirs:
-                os.makedirs(os.path.join(base, parent), exist_ok=True)
-                dirs.add(parent)
-                parent = os.path.dirname(parent)
-            path = os.path.join(base, rel)
-            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
-            try:
-                view = memoryview(f.content)
-                while view:
-                    view = view[os.write(handle, view):]
-            finally:
-                os.close(handle)
-            if f.mode & umask:  # the mode given at creation lost bits to the umask: the manifest has them
-                os.chmod(path, f.mode)
-        for directory in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
-            os.chmod(os.path.join(base, directory), 0o555)
-        os.chmod(tmp, 0o555)
+        files.write_tree(tmp, ((rel, f.mode, f.content) for rel, f in tree.items()))
         try:
             os.rename(tmp, final)
         except OSError:
