@@ -69,6 +69,7 @@ nginx_dir = {q(host["nginx_dir"])}
 nginx = {q(host["nginx"])}
 nginx_user = {q(host["nginx_user"])}
 emperor_stats = {q(host["emperor_stats"])}
+uwsgi = {q(host["uwsgi"])}
 """
 
 

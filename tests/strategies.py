@@ -231,8 +231,11 @@ def productions(draw: st.DrawFn, tls: tuple[str, str]) -> Data:
     stage_names = draw(st.lists(names(), min_size=1, max_size=2, unique=True))
     stages: Data = {}
     for stage_name in stage_names:
-        stage: Data = {"virtualenv": draw(paths())}
+        # Version 2: an environment managed outside backstage, or one it builds from requirements.
+        stage: Data = {}
         if draw(st.booleans()):
+            stage["virtualenv"] = draw(paths())
+        else:
             stage["requirements"] = draw(st.lists(requirements(), max_size=3, unique=True))
         for key in ("uid", "gid"):
             if draw(st.booleans()):

@@ -14,7 +14,8 @@ def jazzclub() -> nx.DiGraph:
 def test_a_gig_depends_on_its_venue_sess_act_stage_and_needed_sesses() -> None:
     deps = graph.dependencies(jazzclub(), "blog-live")
     assert deps == sorted([("venue", "example"), ("sess", "blog"), ("act", "blog"), ("stage", "main"),
-                           ("sess", "api"), ("act", "api"), ("sess", "search"), ("act", "search")])
+                           ("sess", "api"), ("act", "api"), ("sess", "search"), ("act", "search"),
+                           ("stage", "tools")])
 
 
 def test_needed_sesses_come_first() -> None:

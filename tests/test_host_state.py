@@ -3,30 +3,41 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from backstage.agent.generations import gc, rollback_target
+from backstage.agent.generations import gc, generations, return_target, rollback_target
 from backstage.agent.outcomes import Refused
 from backstage.agent.state import State
 from backstage.agent.switch import sweep_sockets
-from backstage.contract import HostPlan, Plan
+from backstage.contract import HostPlan, Plan, VassalPlan
 
 
-def state_with(tmp_path: Path, history: list[tuple[str, str]], current: str | None) -> State:
+def state_with(tmp_path: Path, history: list[tuple[str, str]], current: str | None,
+               vassals: dict[str, list[str]] | None = None, linked: list[str] = ()) -> State:
+    """A state_dir with these generations (each with a plan naming `vassals[gen]`, default one vassal
+    of its own), old-format history lines (one second apart), `current`, and these vassal links."""
     plan = Plan(production="p", state_dir=str(tmp_path / "state"), run_dir=str(tmp_path / "run"),
                 log_dir=str(tmp_path / "log"), nginx_link="backstage--p.conf",
                 host=HostPlan(vassals_dir=str(tmp_path / "vassals"), nginx_dir=str(tmp_path / "sites"),
                               nginx=("nginx",), nginx_user="www-data", emperor_stats=""),
                 vassals=(), gigs=())
     state = State(plan)
+    state.generations.mkdir(parents=True)
     for name in {name for name, _ in history}:
-        (state.generations / name).mkdir(parents=True, exist_ok=True)
+        (state.generations / name).mkdir(exist_ok=True)
+        stems = (vassals or {}).get(name, [f"p--s--{name[2:]}"])
+        (state.generations / name / "apply.json").write_bytes(replace(plan, vassals=tuple(
+            VassalPlan(sess="s", stem=stem, protocol="uwsgi", address=f"unix:/run/{stem}.sock",
+                       health_host="localhost", health_path="/") for stem in stems)).to_json())
     state.history.write_text("".join(f"2026-11-24T00:00:{i:02d}Z\t{name}\t{outcome}\n"
                                      for i, (name, outcome) in enumerate(history)))
     if current:
         os.symlink(f"generations/{current}", state.current)
     state.vassals_dir.mkdir()
+    for stem in linked:
+        os.symlink(f"/nowhere/{stem}.ini", state.vassals_dir / f"{stem}.ini")
     return state
 
 
@@ -42,10 +53,57 @@ def test_rollback_steps_back_one_generation_at_a_time(tmp_path: Path) -> None:
 
 
 def test_rollback_after_an_interrupted_apply_returns_to_what_was_live(tmp_path: Path) -> None:
-    # Killed after `current` switched to p-b: p-a is what served before, and the target.
-    state = state_with(tmp_path, [("p-a", "start"), ("p-a", "ok"), ("p-b", "start")], "p-b")
+    # Killed after `current` switched to p-b, before its Gigs were proven: p-a, whose vassals all still
+    # run, is what served before, and the target.
+    state = state_with(tmp_path, [("p-a", "start"), ("p-a", "ok"), ("p-b", "start")], "p-b",
+                       linked=["p--s--a", "p--s--b"])
     assert rollback_target(state, None).name == "p-a"
+    assert return_target(state) == "p-a"
     assert state.last_good() == "p-a"
+
+
+def test_a_failed_apply_returns_to_what_runs_not_to_the_last_ok(tmp_path: Path) -> None:
+    # An older agent, killed while stopping p-a's vassals after proving p-b (it wrote no `ok` first):
+    # p-a is the last generation marked ok, but one of its vassals is gone; p-b runs, whole.
+    vassals = {"p-a": ["p--site--a", "p--old--a", "p--keep--k"], "p-b": ["p--site--b", "p--keep--k"]}
+    state = state_with(tmp_path, [("p-a", "start"), ("p-a", "ok"), ("p-b", "start")], "p-b", vassals,
+                       linked=["p--site--a", "p--site--b", "p--keep--k"])
+    assert state.last_good() == "p-a"
+    assert return_target(state) == "p-b"
+    assert rollback_target(state, None).name == "p-b"
+    # This agent writes `ok` before it stops anything: then p-b is both the last ok and whole.
+    state.record("p-b", "ok")
+    assert return_target(state) == "p-b"
+
+
+def test_generations_live_in_the_same_second_are_ordered_by_sequence_not_by_hash(tmp_path: Path) -> None:
+    # p-b went live before p-a, in the same second: sorting by (time, name) would put p-a first.
+    state = state_with(tmp_path, [], None)
+    for name in ("p-c", "p-b", "p-a"):
+        (state.generations / name).mkdir()
+    state.history.write_text("".join(f"2026-11-24T00:00:00Z\t{name}\t{event}\n"
+                                     for name in ("p-c", "p-b") for event in ("start", "ok")))
+    for event in ("start", "ok"):
+        state.record("p-a", event)
+    os.symlink("generations/p-a", state.current)
+    lines = state.history.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines[-2:]] == ["5", "6"]  # numbered after the unnumbered lines
+    assert [(e.seq, e.name, e.event) for e in state.entries()] == [
+        (1, "p-c", "start"), (2, "p-c", "ok"), (3, "p-b", "start"), (4, "p-b", "ok"), (5, "p-a", "start"),
+        (6, "p-a", "ok")]
+    assert [g.name for g in generations(state)] == ["p-c", "p-b", "p-a"]
+    assert rollback_target(state, None).name == "p-b"
+
+
+def test_history_numbers_rise_whatever_the_lines_say(tmp_path: Path) -> None:
+    state = state_with(tmp_path, [], None)
+    state.history.write_text("7\t2026-11-24T00:00:00Z\tp-a\tstart\n"
+                             "3\t2026-11-24T00:00:00Z\tp-a\tok\n"  # a number below the line before's
+                             "garbage line\n"
+                             "2026-11-24T00:00:01Z\tp-b\tstart\n")
+    assert [e.seq for e in state.entries()] == [7, 8, 9]
+    state.record("p-b", "failed")
+    assert state.entries()[-1].seq == 10 and state.entries()[-1].event == "failed"
 
 
 def test_rollback_with_one_generation_is_refused(tmp_path: Path) -> None:
@@ -115,3 +173,33 @@ def test_a_new_vassal_on_a_port_a_leaving_one_holds_is_a_clash(tmp_path: Path) -
     steps = plan_steps(new)
     assert steps.stop == ("p--away--1.ini", "p--tcp--1.ini", "p--unix--1.ini")
     assert port_clashes(new, steps) == ["p--tcp--2.ini binds 127.0.0.1:8001, which p--tcp--1.ini holds until it stops"]
+
+
+def test_a_tcp_vassal_is_ready_only_when_its_own_process_listens(tmp_path: Path) -> None:
+    """Readiness of the right process: whatever answers at a vassal's port must be that vassal."""
+    import socket
+    import subprocess
+    import sys
+
+    from backstage.agent.switch import wrong_process
+
+    state = state_with(tmp_path, [], None)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        vassal = VassalPlan(sess="svc", stem="p--svc--1", protocol="http", address=f"127.0.0.1:{port}",
+                            health_host="localhost", health_path="/")
+        assert wrong_process(state, vassal).startswith(f"127.0.0.1:{port} is held by pid {os.getpid()} (")
+        assert wrong_process(state, vassal).endswith("), not by its vassal")
+    # A process that runs as the Emperor starts a vassal (`uwsgi --ini .../p--svc--1.ini`) and listens there.
+    code = ("import socket, sys, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1', {port})); s.listen(); print('ready', flush=True); time.sleep(60)")
+    own = subprocess.Popen([sys.executable, "-c", code, "--ini", str(state.vassals_dir / vassal.file)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert own.stdout is not None and own.stdout.readline() == "ready\n"
+        assert wrong_process(state, vassal) == ""
+    finally:
+        own.kill()
+        own.wait()

@@ -101,6 +101,7 @@ class Vassals:
 
     files: dict[str, str] = field(default_factory=dict)
     binds: dict[str, str] = field(default_factory=dict)
+    environments: dict[str, str] = field(default_factory=dict)  # the `virtualenv` each vassal names
     options: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
@@ -128,6 +129,14 @@ def _vassals(data: Data, files: dict[str, str]) -> Vassals:
         else:
             assert _slashes(bind) == _slashes(f"{run_dir}/{stem}.sock"), f"{stem}: bind {bind!r}"
             assert len(bind.encode()) <= 107, f"{stem}: socket path is {len(bind.encode())} bytes"
+        stage_name = sess["stage"]
+        stage = data["stages"][stage_name]
+        environments = [v for k, v in pairs if k == "virtualenv"]
+        assert len(environments) == 1, f"{stem}: virtualenv {environments}"
+        if "virtualenv" not in stage:  # built by backstage: its store path, named by a hash of its inputs
+            store = re.escape(_slashes(f"{_dirs(data)['state_dir']}/store/stage-{stage_name}-")) + "[0-9a-f]{32}"
+            assert re.fullmatch(store, _slashes(environments[0])), f"{stem}: virtualenv {environments[0]!r}"
+        found.environments[sess_name] = environments[0]
         found.files[sess_name] = stem
         found.binds[sess_name] = bind
         found.options[sess_name] = pairs
@@ -161,7 +170,9 @@ def expected_ini(data: Data, sess_name: str, vassals: Vassals) -> list[tuple[str
     counts = {key: sess.get(key, options.pop(key, 1)) for key in ("processes", "threads")}
     wsgi = act["wsgi"] if ":" in act["wsgi"] else act["wsgi"] + ":application"
     out = [("strict", "true"), ("master", "true"), ("processes", str(counts["processes"])),
-           ("threads", str(counts["threads"])), ("virtualenv", stage["virtualenv"]), ("chdir", act["path"]),
+           ("threads", str(counts["threads"])),
+           ("virtualenv", stage.get("virtualenv", vassals.environments[sess_name])),
+           ("chdir", act["path"]),
            ("pythonpath", act["path"]), ("module", wsgi),
            ("http-socket" if sess.get("protocol") == "http" else "socket", vassals.binds[sess_name])]
     if "port" not in sess:
@@ -287,7 +298,7 @@ def check_outputs(data: Data, files: dict[str, str]) -> None:
     want_files = {"include.conf", *(f"nginx/{v}.conf" for v in venues),
                   *(f"uwsgi/{stem}.ini" for stem in vassals.files.values())}
     for stage_name, stage in data.get("stages", {}).items():
-        if stage.get("requirements"):
+        if "requirements" in stage:
             path = f"stages/{stage_name}/requirements.txt"
             want_files.add(path)
             got_reqs = parse_requirements(files[path])
@@ -490,8 +501,9 @@ def base_production(tls: tuple[str, str]) -> Data:
                        "log_dir": "/var/log/b/jazz"},
         "host": {"vassals_dir": "/etc/uwsgi/vassals", "nginx_dir": "/etc/nginx/sites-enabled", "nginx": ["nginx"],
                  "nginx_user": "www-data", "emperor_stats": "127.0.0.1:9191"},
-        "stages": {"main": {"virtualenv": "/srv/venvs/main", "requirements": ["Django>=5.2,<6"], "uid": "app",
-                            "gid": "app", "uwsgi": {"harakiri": 30, "cheaper-algo": "spare"}}},
+        "stages": {"main": {"requirements": ["Django>=5.2,<6"], "uid": "app",
+                            "gid": "app", "uwsgi": {"harakiri": 30, "cheaper-algo": "spare"}},
+                   "legacy": {"virtualenv": "/srv/venvs/main"}},
         "acts": {
             "blog": {"wsgi": "blog.wsgi:application", "path": "/srv/apps/blog", "settings": "blog.settings",
                      "env": {"BLOG_THEME": "dark"}, "static": {"/static/": "/srv/apps/blog/static/"},
@@ -501,7 +513,7 @@ def base_production(tls: tuple[str, str]) -> Data:
         "sesses": {
             "blog": {"act": "blog", "stage": "main", "needs": ["api"],
                      "uwsgi": {"max-requests": 1000, "procname-prefix": "blog"}},
-            "api": {"act": "api", "stage": "main", "protocol": "http", "port": 8101},
+            "api": {"act": "api", "stage": "legacy", "protocol": "http", "port": 8101},
         },
         "venues": {
             "example": {"domain": "example.com", "aliases": ["www.example.com"],
@@ -567,7 +579,7 @@ FIELDS: dict[str, tuple[Mutation, str]] = {
     "host.nginx[0]": (_set("host", "nginx", 0), "nginx"),
     "host.nginx_user": (_set("host", "nginx_user"), "www-data"),
     "host.emperor_stats": (_set("host", "emperor_stats"), "127.0.0.1:9191"),
-    "stages.main.virtualenv": (_set("stages", "main", "virtualenv"), "/srv/venvs/main"),
+    "stages.legacy.virtualenv": (_set("stages", "legacy", "virtualenv"), "/srv/venvs/main"),
     "stages.main.requirements[0]": (_set("stages", "main", "requirements", 0), "Django>=5.2,<6"),
     "stages.main.uid": (_set("stages", "main", "uid"), "app"),
     "stages.main.gid": (_set("stages", "main", "gid"), "app"),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from backstage import contract
 from conftest import run_cli
 
 PRODUCTION = """\
@@ -101,7 +102,7 @@ def future_format(a: Path) -> str:
     manifest = json.loads((a / "manifest.json").read_text())
     manifest["format"], manifest["backstage"] = 99, "99.0.0"
     rewrite(a / "manifest.json", json.dumps(manifest))
-    return "artifact format 99 (backstage '99.0.0') is not format 1"
+    return f"artifact format 99 (backstage '99.0.0') is not format {contract.FORMAT}"
 
 
 def fifo_inside(a: Path) -> str:
@@ -149,11 +150,25 @@ def test_apply_refuses_and_leaves_the_host_untouched(tamper: Callable[[Path], st
     shutil.copytree(Path(built.out.strip()), artifact)
     writable_dirs(artifact)
     message = tamper(artifact)
-    run = run_cli("apply", str(artifact))
+    try:
+        run = run_cli("apply", str(artifact))
+    finally:
+        remove_deep(artifact / "stages" / "d")
     assert run.code == 1
     assert "refusing to apply" in run.err and message in run.err, run.err
     assert "Traceback" not in run.err
     assert not (tmp_path / "host").exists()
+
+
+def remove_deep(top: Path) -> None:
+    """Remove a chain of nested directories bottom-up without recursion (pytest's own clean-up of old
+    temporary directories recurses, and would fail on 1,100 levels)."""
+    chain = []
+    while top.is_dir():
+        chain.append(top)
+        top = top / "d"
+    for directory in reversed(chain):
+        directory.rmdir()
 
 
 def test_an_untampered_copy_passes_verification(tmp_path: Path) -> None:

@@ -27,11 +27,12 @@ def base(tls: bool = False) -> Production:
     return Production(
         name="club", state_dir="/var/lib/backstage/club", run_dir="/run/backstage/club",
         log_dir="/var/log/backstage/club",
-        host=Host("/etc/uwsgi-emperor/vassals", "/etc/nginx/sites-enabled", ("nginx",), "www-data", ""),
-        stages=MappingProxyType({"main": Stage("main", "/srv/venv", ("django>=5",), None, None,
+        host=Host("/etc/uwsgi-emperor/vassals", "/etc/nginx/sites-enabled", ("nginx",), "www-data", "", "uwsgi"),
+        stages=MappingProxyType({"main": Stage("main", "/srv/venv", (), None, None, None, None,
                                                MappingProxyType({}))}),
-        acts=MappingProxyType({"web": Act("web", "web.wsgi", "application", "/srv/web", None,
-                                          (("THEME", "dark"),), (("/static/", "/srv/web/static/"),), "/")}),
+        acts=MappingProxyType({"web": Act("web", "web.wsgi", "application", "/srv/web", None, None,
+                                          (("THEME", "dark"),), (("/static/", "/srv/web/static/"),), "/",
+                                          None)}),
         sesses=MappingProxyType({"web": Sess("web", "web", "main", 1, 1, (), (("harakiri", 30),), "uwsgi", None)}),
         venues=MappingProxyType({"www": Venue("www", "example.org", ("www.example.org",), "80",
                                               Tls("/etc/ssl/c.pem", "/etc/ssl/k.pem") if tls else None)}),
@@ -70,7 +71,9 @@ SLOTS: dict[str, Slot] = {
     "act.settings": lambda v: replace(base(), "acts", "web", settings=v),
     "stage.virtualenv": lambda v: replace(base(), "stages", "main", virtualenv=v),
     "stage.uid": lambda v: replace(base(), "stages", "main", uid=v),
-    "stage.requirement": lambda v: replace(base(), "stages", "main", requirements=(v,)),
+    "stage.requirement": lambda v: replace(base(), "stages", "main", virtualenv=None, python="python3",
+                                           requirements=(v,)),
+    "stage.python": lambda v: replace(base(), "stages", "main", virtualenv=None, python=v, requirements=("six",)),
     "sess.option.name": lambda v: replace(base(), "sesses", "web", uwsgi=((v, 30),)),
     "sess.option.value": lambda v: replace(base(), "sesses", "web", uwsgi=(("harakiri", v),)),
     "host.nginx_user": lambda v: dataclasses.replace(base(), host=dataclasses.replace(base().host, nginx_user=v)),
@@ -118,7 +121,7 @@ def check_ini(text: str, production: Production) -> None:
     for option in options:
         assert option.has_equals
         got.setdefault(option.key, []).append(option.value)
-    assert got["virtualenv"] == [stage.virtualenv]
+    assert got["virtualenv"] == [stage.virtualenv] if stage.virtualenv else len(got["virtualenv"]) == 1
     assert got["chdir"] == [act.path] and got["pythonpath"] == [act.path]
     assert got["module"] == [f"{act.module}:{act.callable}"]
     env = [(act.env + ((("DJANGO_SETTINGS_MODULE", act.settings),) if act.settings else ()))]

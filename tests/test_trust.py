@@ -57,6 +57,7 @@ nginx_dir = {q(h["nginx_dir"])}
 nginx = {q(h["nginx"])}
 nginx_user = {q(h["nginx_user"])}
 emperor_stats = {q(h["emperor_stats"])}
+uwsgi = {q(h["uwsgi"])}
 
 [stages.main]
 virtualenv = {q(sys.prefix)}

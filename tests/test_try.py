@@ -1,4 +1,6 @@
-"""`backstage try` runs an example live in a private sandbox and stops it all on Ctrl-C."""
+"""`backstage try` runs an example live in a private sandbox and stops it all on Ctrl-C: the showcase,
+whose code is copied from `source`, whose Stage is built from requirements and whose static files
+are collected into the store."""
 
 from __future__ import annotations
 
@@ -9,15 +11,16 @@ import sys
 from pathlib import Path
 
 from backstage.cli.sandbox import find_components
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES
 from harness import free_port, http_get
 
 
 def test_try_serves_the_showcase_and_stops_cleanly_on_ctrl_c() -> None:
     find_components()
     port = free_port()
+    # The showcase's code is a `source` and its Stage is built from requirements: nothing to map.
     command = [sys.executable, "-m", "backstage.cli", "try", str(EXAMPLES / "showcase" / "production.toml"),
-               "--port", str(port), "--path-map", f"/srv/showcase={REPO / 'examples' / 'apps' / 'showcase'}"]
+               "--port", str(port)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []

@@ -19,13 +19,13 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .files import write_tree
 
-FORMAT = 1
+FORMAT = 2  # 2: Act sources, built Stages and release steps in the plan; [host].uwsgi
 MANIFEST = "manifest.json"
 PLAN = "apply.json"
 AGENT = "agent.pyz"
@@ -35,6 +35,10 @@ NAME_HASH_LENGTH = 32
 # runs this shell command, with the original artifact's path as $1, once its copy is verified.
 CRASH_POINT_ENV = "BACKSTAGE_TEST_CRASH_AT"
 AFTER_COPY_ENV = "BACKSTAGE_TEST_AFTER_COPY"
+SIGNAL_AT_ENV = "BACKSTAGE_TEST_SIGNAL_AT"  # POINT:SIGNAME[:WHOM]: the agent sends a signal at a named point
+# The read end of a pipe whose write end only the `backstage` command holds (cli/handoff.run_installer
+# sets it): end of file means that process has died, and the agent stops as on SIGTERM.
+PARENT_FD_ENV = "BACKSTAGE_PARENT_FD"
 
 Protocol = Literal["uwsgi", "http"]
 
@@ -52,6 +56,7 @@ class HostPlan:
     nginx: tuple[str, ...]
     nginx_user: str
     emperor_stats: str
+    uwsgi: str = "uwsgi"  # the Emperor's uWSGI binary (its embedded Python runs every vassal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,54 @@ class GigPlan:
     url: str
 
 
+STORE = "store"  # state_dir/store/: immutable, content-addressed directories named <kind>-<name>-<hash>
+STORE_COMPLETE = ".backstage-complete"  # written last into a built Stage: without it the Stage is unfinished
+
+
+@dataclass(frozen=True, slots=True)
+class ActPlan:
+    """An Act with `source`: its files are the artifact's directory `files`, installed as store/`store`."""
+
+    name: str
+    store: str  # "act-<name>-<32 hex>"
+    files: str  # "acts/<name>"
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """A Stage backstage builds: a virtualenv made at store/`store` from the artifact's `requirements`.
+
+    `exact`: the file is a lock, installed exactly (nothing more, nothing less: `uv pip sync`).
+    The interpreter must be the Python the Emperor's uWSGI (`HostPlan.uwsgi`) embeds (major.minor).
+    """
+
+    name: str
+    store: str  # "stage-<name>-<32 hex>"
+    python: str
+    requirements: str  # "stages/<name>/requirements.txt"
+    exact: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """A release step, run once per apply after the store is complete and before any new vassal starts:
+    `argv` (no shell) in `cwd`, with `env`, as `uid`/`gid` when given ("" for the applying user).
+
+    `kind` "collectstatic" writes into store/`static` (under a temporary name, renamed when complete,
+    and skipped when that store path exists); "migrate" and "release" run on every apply.
+    """
+
+    act: str
+    sess: str
+    kind: Literal["collectstatic", "migrate", "release"]
+    argv: tuple[str, ...]
+    cwd: str
+    env: tuple[tuple[str, str], ...]
+    uid: str
+    gid: str
+    static: str  # "static-<act>-<32 hex>" for collectstatic, else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """apply.json: everything the host agent needs to make a generation live."""
@@ -98,6 +151,18 @@ class Plan:
     host: HostPlan
     vassals: tuple[VassalPlan, ...]
     gigs: tuple[GigPlan, ...]
+    acts: tuple[ActPlan, ...] = ()
+    stages: tuple[StagePlan, ...] = ()
+    steps: tuple[StepPlan, ...] = ()
+
+    @property
+    def store_dir(self) -> str:
+        return f"{self.state_dir.rstrip('/')}/{STORE}"
+
+    def store_paths(self) -> set[str]:
+        """Every store directory name this generation refers to."""
+        return ({a.store for a in self.acts} | {s.store for s in self.stages}
+                | {step.static for step in self.steps if step.static})
 
     def to_json(self) -> bytes:
         """JSON with each top-level key, and each item of a top-level list, on a line of its own:
@@ -140,12 +205,44 @@ def _plan(value: Any) -> Plan:
                 nginx=tuple(_str(part) for part in _list(host["nginx"])),
                 nginx_user=_str(host["nginx_user"]),
                 emperor_stats=_str(host["emperor_stats"]),
+                uwsgi=_str(host.get("uwsgi", "uwsgi")),  # format 1 had none: the one on PATH
             ),
             vassals=tuple(_vassal(_object(v, "vassal")) for v in _list(data["vassals"])),
             gigs=tuple(_gig(_object(g, "gig")) for g in _list(data["gigs"])),
+            acts=tuple(_fields(ActPlan, item) for item in _list(data.get("acts", []))),
+            stages=tuple(_fields(StagePlan, item) for item in _list(data.get("stages", []))),
+            steps=tuple(_step(item) for item in _list(data.get("steps", []))),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ContractError(f"{PLAN} is not a backstage plan: {exc}") from None
+
+
+def _fields(cls: type[Any], value: Any) -> Any:
+    """A dataclass of str and bool fields from a JSON object, every field checked."""
+    data = _object(value, cls.__name__)
+    values: dict[str, Any] = {}
+    for item in fields(cls):
+        raw = data[item.name]
+        if item.type == "bool":
+            if not isinstance(raw, bool):
+                raise TypeError(f"{item.name} is not a boolean")
+            values[item.name] = raw
+        else:
+            values[item.name] = _str(raw)
+    return cls(**values)
+
+
+def _step(value: Any) -> StepPlan:
+    data = _object(value, "step")
+    kind = _str(data["kind"])
+    if kind not in ("collectstatic", "migrate", "release"):
+        raise ValueError(f"unknown step kind {kind!r}")
+    env = tuple((_str(pair[0]), _str(pair[1])) for pair in (_list(p) for p in _list(data["env"])) if len(pair) == 2)
+    if len(env) != len(data["env"]):
+        raise ValueError("env holds an item that is not a [name, value] pair")
+    return StepPlan(_str(data["act"]), _str(data["sess"]), kind,  # type: ignore[arg-type]
+                    tuple(_str(a) for a in _list(data["argv"])), _str(data["cwd"]), env, _str(data["uid"]),
+                    _str(data["gid"]), _str(data["static"]))
 
 
 def _vassal(data: Mapping[str, Any]) -> VassalPlan:

@@ -48,6 +48,11 @@ CODES: dict[str, str] = {
     "BS206": "a static prefix and its directory disagree on the trailing slash",
     "BS207": "a generated unix socket path is too long",
     "BS208": "TLS and plain-HTTP venues share a port",
+    "BS209": "an Act needs exactly one of `path` and `source`",
+    "BS210": "a Stage needs exactly one of `virtualenv`, `lock` and `requirements`",
+    "BS211": "an Act's source cannot be used",
+    "BS212": "a Stage's lock file cannot be read",
+    "BS213": "a Django release step does not fit its Act",
 }
 
 

@@ -1,18 +1,29 @@
-"""The agent's command line, as install.sh passes it on: ARTIFACT apply|rollback|generations|gc."""
+"""The agent's command line, as install.sh passes it on: ARTIFACT apply|rollback|generations|gc.
+
+Exit codes: 0 done; 1 failed (and undone); 2 refused, nothing changed; 3 a bug (one line; set
+BACKSTAGE_DEBUG=1 for a traceback); 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP),
+after undoing what it had begun. Every ending short of success is one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ..contract import ContractError, Timeouts, flag, read_plan
 from .generations import gc, generations, rollback_target
-from .outcomes import Refused, say
+from .outcomes import SIGNALS, Interrupted, Refused, out, say, watch_parent
 from .state import State
-from .switch import switch
+from .switch import describe, switch
 
 GC_LOCK_WAIT = Timeouts().lock_wait
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_BUG = 3
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,27 +50,59 @@ def timeouts(args: argparse.Namespace) -> Timeouts:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb; exit 0 done, 1 failed and rolled back, 2 refused with nothing changed."""
+    """Run one verb and return its exit code (see the module's docstring)."""
+    SIGNALS.install()
+    watch_parent()
     args = parser().parse_args(argv)
-    artifact: Path = args.artifact.resolve()
     try:
-        if args.verb == "apply":
-            return switch(artifact, timeouts(args), dry_run=args.dry_run)
-        state = State(read_plan(artifact))
-        if args.verb == "rollback":
-            chosen = timeouts(args)
-            with state.lock(chosen.lock_wait):  # the target is chosen and switched to under one lock
-                target = rollback_target(state, args.to)
-                say(f"rolling back to {target.name}")
-                return switch(target, chosen, dry_run=args.dry_run, locked=True)
-        if args.verb == "generations":
-            for g in generations(state):
-                print(f"{'*' if g.current else ' '} {g.name}  {g.applied or '(never live)'}")
-            return 0
-        with state.lock(GC_LOCK_WAIT):
-            for name in gc(state, args.keep):
-                print(f"removed {name}")
-        return 0
+        return run(args)
     except (Refused, ContractError) as refusal:
         say(f"refused: {refusal}")
-        return 2
+        return EXIT_REFUSED
+    except Interrupted as stop:  # before a switch changed anything: it undoes its own
+        say(f"{args.verb} {stop}; nothing was changed")
+        return stop.code
+    except OSError as exc:  # outside a switch: reading state, gc
+        say(f"{args.verb} failed: {describe(exc)}")
+        return EXIT_FAILED
+    except Exception as exc:
+        if os.environ.get("BACKSTAGE_DEBUG"):
+            raise
+        say(f"{args.verb}: {describe(exc)} (set BACKSTAGE_DEBUG=1 for a traceback)")
+        return EXIT_BUG
+    finally:
+        _flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    artifact: Path = args.artifact.resolve()
+    if args.verb == "apply":
+        return switch(artifact, timeouts(args), dry_run=args.dry_run)
+    state = State(read_plan(artifact))
+    if args.verb == "rollback":
+        chosen = timeouts(args)
+        if args.dry_run:  # no lock: a dry run neither waits nor writes
+            target = rollback_target(state, args.to)
+            out(f"would roll back to {target.name}")
+            return switch(target, chosen, dry_run=True)
+        with state.lock(chosen.lock_wait):  # the target is chosen and switched to under one lock
+            target = rollback_target(state, args.to)
+            say(f"rolling back to {target.name}")
+            return switch(target, chosen, locked=True)
+    if args.verb == "generations":
+        for g in generations(state):
+            out(f"{'*' if g.current else ' '} {g.name}  {g.applied or '(never live)'}")
+        return 0
+    with state.lock(GC_LOCK_WAIT):
+        for name in gc(state, args.keep):
+            out(f"removed {name}")
+    return 0
+
+
+def _flush() -> None:
+    """Flush stdout now, so that a closed pipe or terminal cannot turn the exit code into 120 at exit."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

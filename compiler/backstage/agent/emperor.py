@@ -28,3 +28,31 @@ def wake(address: str) -> None:
     with contextlib.suppress(OSError), connect(address, 2.0) as sock:
         while sock.recv(65536):
             pass
+
+
+def vassal_pids(address: str) -> dict[str, int]:
+    """Vassal file name -> pid of its uWSGI master, from the stats; empty when they cannot be read."""
+    if not address:
+        return {}
+    try:
+        vassals = stats(address, 2.0).get("vassals", [])
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, int] = {}
+    for vassal in vassals if isinstance(vassals, list) else []:
+        if isinstance(vassal, dict) and isinstance(vassal.get("pid"), int) and vassal["pid"] > 0:
+            found[str(vassal.get("id", "")).rsplit("/", 1)[-1]] = vassal["pid"]
+    return found
+
+
+def trouble(address: str) -> str:
+    """Why the Emperor may not have started a vassal, if its stats socket says so; "" if it answers."""
+    if not address:
+        return ""
+    try:
+        stats(address, 2.0)
+    except TimeoutError:
+        return f"the uWSGI Emperor does not answer on its stats socket {address}: is it stopped (SIGSTOP) or hung?"
+    except (OSError, ValueError) as exc:
+        return f"the uWSGI Emperor's stats socket {address} fails ({exc}): is the Emperor running?"
+    return ""

@@ -1,4 +1,5 @@
-"""Kept generations: their order, which one a rollback goes to, which are in use, and gc."""
+"""Kept generations: their order, which one a rollback (or a failed apply) goes back to, which are in use,
+and gc."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import ContractError, read_plan
 from ..files import remove_tree
+from . import store
 from .outcomes import Refused
 from .state import State
 
@@ -16,18 +19,60 @@ class Generation:
     name: str
     applied: str  # when it first went live ("" if never)
     current: bool
+    seq: int = 0  # the history number of the line where it first went live (0 if never): its order
 
 
 def generations(state: State) -> list[Generation]:
-    """Kept generations in the order they first went live (never-live ones first), like Nix's numbers."""
+    """Kept generations in the order they first went live (never-live ones first), like Nix's numbers:
+    by the history's sequence numbers, never by time (two can go live in one second) or by name."""
     current = state.current_name()
-    first_live: dict[str, str] = {}
-    for when, name, outcome in state.entries():
-        if outcome == "ok":
-            first_live.setdefault(name, when)
-    names = sorted((p.name for p in state.generations.glob("*") if not p.name.startswith(".")),
-                   key=lambda n: (first_live.get(n, ""), n))
-    return [Generation(n, first_live.get(n, ""), n == current) for n in names]
+    first_live: dict[str, tuple[int, str]] = {}
+    for entry in state.entries():
+        if entry.event == "ok":
+            first_live.setdefault(entry.name, (entry.seq, entry.when))
+    names = sorted((p.name for p in _kept(state)), key=lambda n: (first_live.get(n, (0, ""))[0], n))
+    return [Generation(n, first_live.get(n, (0, ""))[1], n == current, first_live.get(n, (0, ""))[0])
+            for n in names]
+
+
+def _kept(state: State) -> list[Path]:
+    try:
+        return [p for p in state.generations.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def vassal_files(state: State, name: str) -> set[str] | None:
+    """The vassal files of the kept generation `name`, from its plan; None if it cannot be read."""
+    try:
+        return set(read_plan(state.generations / name).vassal_files())
+    except ContractError:
+        return None
+
+
+def complete(state: State, name: str, linked: set[str]) -> bool:
+    """Whether every vassal of generation `name` is linked: it could serve at once."""
+    files = vassal_files(state, name)
+    return files is not None and files <= linked
+
+
+def return_target(state: State) -> str | None:
+    """The generation an apply that fails goes back to: what actually runs, not merely what was last
+    marked ok. That is the generation most recently proven live (`ok`) if all its vassals are still
+    linked; else the one `current` names, which is what nginx's configuration on disk is (an older
+    agent, killed while stopping the last ok one's vassals after proving `current`, left that); else
+    the last ok one (None on a first apply).
+
+    This agent stops old vassals only after recording the new generation ok, so the first choice holds
+    whatever killed an earlier run; the second covers histories written by older agents.
+    """
+    last_good = state.last_good()
+    if last_good and complete(state, last_good, set(state.live_vassals())):
+        return last_good
+    current = state.current_name()
+    if current and (state.generations / current).is_dir():
+        return current
+    return last_good
 
 
 def rollback_target(state: State, wanted: str | None) -> Path:
@@ -40,10 +85,12 @@ def rollback_target(state: State, wanted: str | None) -> Path:
             raise Refused(f"no single kept generation matches {wanted!r}; kept: {', '.join(known) or 'none'}")
         return state.generations / matches[0]
     entries = state.entries()
-    last_good = state.last_good()
-    if entries and entries[-1][2] == "start" and last_good:
-        return state.generations / last_good  # an apply was interrupted: back to what was live before it
-    live = [g.name for g in kept if g.applied]
+    if entries and entries[-1].event == "start":
+        # An apply was interrupted (killed): back to what runs, or ran, before it.
+        target = return_target(state)
+        if target:
+            return state.generations / target
+    live = [g.name for g in kept if g.seq]
     current = state.current_name()
     if current in live and live.index(current) > 0:
         return state.generations / live[live.index(current) - 1]
@@ -76,4 +123,7 @@ def gc(state: State, keep: int) -> list[str]:
         os.rename(state.generations / name, doomed)
         remove_tree(doomed)
         removed.append(name)
+    # Then the store: every path no kept generation refers to (an unreadable plan keeps everything).
+    left = [state.generations / n for n in ordered if n not in removed]
+    removed += store.collect(Path(state.plan.store_dir), store.referenced(left))
     return removed

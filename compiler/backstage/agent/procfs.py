@@ -1,7 +1,10 @@
-"""Reading /proc: processes, their parents, sessions, titles and environments (Linux only)."""
+"""Reading /proc: processes, their parents, sessions, titles and environments, and who holds which
+listening TCP socket (Linux only)."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,3 +62,63 @@ def environ(pid: int) -> list[bytes]:
 
 def children(parent: int) -> list[int]:
     return sorted(pid for pid in pids() if (found := stat(pid)) and found.ppid == parent and found.state != "Z")
+
+
+def tcp_listeners(ip: str, port: int) -> set[int]:
+    """Inodes of the listening TCP sockets that a connection to ip:port reaches: bound to that address,
+    or to the wildcard (0.0.0.0, ::), in /proc/net/tcp and tcp6."""
+    wanted = ipaddress.ip_address(ip)
+    found: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            address, _, port_hex = fields[1].partition(":")
+            if int(port_hex, 16) != port:
+                continue
+            raw = bytes.fromhex(address)
+            # Each 32-bit word is in host (little-endian) order.
+            local = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+            if isinstance(local, ipaddress.IPv6Address) and local.ipv4_mapped:
+                local = local.ipv4_mapped
+            if local == wanted or local.is_unspecified:
+                found.add(int(fields[9]))
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process `pid` has open (empty if it is gone or unreadable)."""
+    found: set[int] = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def holders(inodes: set[int]) -> list[int]:
+    """Processes holding any of these sockets open."""
+    return sorted(pid for pid in pids() if socket_inodes(pid) & inodes) if inodes else []
+
+
+def unix_listening() -> set[str]:
+    """Paths of the listening unix sockets on this host (in this mount namespace), from /proc/net/unix."""
+    try:
+        lines = Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return set()
+    # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON, a listening socket.
+    return {fields[7] for fields in (line.split(None, 7) for line in lines)
+            if len(fields) == 8 and int(fields[3], 16) & 0x10000}

@@ -9,9 +9,10 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import ContractError, Plan, copy_verified, verify
+from ..contract import STORE, ContractError, Plan, copy_verified, verify
 from ..files import remove_tree
 from . import trust
 from .outcomes import Refused
@@ -22,8 +23,24 @@ HISTORY = "history"
 LOCK = "lock"
 OWNER = "production"  # the name of the one production this state_dir belongs to
 INCOMING = "incoming"  # `backstage apply` copies an artifact here, verifies the copy and runs only it
-# history: one line per event, "<UTC time>\t<generation>\t<start|ok|failed>".
+# history: one line per event, "<seq>\t<UTC time>\t<generation>\t<event>", appended and fsynced.
+# <seq> rises by one with every line: it, never the time (two applies can share a second) nor the name,
+# orders generations. <event>: start (an apply or rollback began), ok (its Gigs were proven through
+# nginx: from here on it is what runs), failed (it was undone), interrupted (a signal stopped it and it
+# was undone). Lines from before <seq> existed ("<UTC time>\t<generation>\t<event>") are read too,
+# numbered by their place in the file.
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+EVENTS = ("start", "ok", "failed", "interrupted")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One history line."""
+
+    seq: int
+    when: str
+    name: str
+    event: str
 
 
 class State:
@@ -46,6 +63,7 @@ class State:
         and refuse a state_dir that belongs to another production."""
         trust.directory(self.root, "state_dir", create)
         trust.subdirectory(self.root, GENERATIONS, "state_dir/generations", create)
+        trust.subdirectory(self.root, STORE, "state_dir/store", create)
         trust.directory(self.run_dir, "run_dir", create)
         trust.directory(self.log_dir, "log_dir", create)
         trust.directory(self.vassals_dir, "[host].vassals_dir", create)
@@ -146,9 +164,9 @@ class State:
 
     def last_good(self) -> str | None:
         """The generation most recently made live successfully, if it is still kept."""
-        for _, name, outcome in reversed(self.entries()):
-            if outcome == "ok" and (self.generations / name).is_dir():
-                return name
+        for entry in reversed(self.entries()):
+            if entry.event == "ok" and (self.generations / entry.name).is_dir():
+                return entry.name
         return None
 
     def live_vassals(self) -> dict[str, Path]:
@@ -159,24 +177,38 @@ class State:
         return {p.name: p for p in sorted(self.vassals_dir.iterdir())
                 if p.name.startswith(prefix) and p.name.endswith(".ini") and p.is_symlink()}
 
-    def record(self, name: str, outcome: str) -> None:
-        line = f"{time.strftime(TIME_FORMAT, time.gmtime())}\t{name}\t{outcome}\n"
-        with open(self.history, "a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def entries(self) -> list[tuple[str, str, str]]:
-        """(time, generation, outcome) of each well-formed history line, oldest first."""
+    def record(self, name: str, event: str) -> None:
+        """Append one history line, durably; OSError (a full or read-only disk) is the caller's to report."""
+        entries = self.entries()
+        seq = entries[-1].seq + 1 if entries else 1
+        line = f"{seq}\t{time.strftime(TIME_FORMAT, time.gmtime())}\t{name}\t{event}\n".encode()
+        fd = os.open(self.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            lines = self.history.read_text().splitlines()
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[Entry]:
+        """Each well-formed history line, oldest first, with a strictly increasing `seq`: its own number
+        when it has one above the line before's, else the one after that line's (older lines have none)."""
+        try:
+            lines = self.history.read_text(errors="replace").splitlines()
         except OSError:
             return []
-        found = []
+        found: list[Entry] = []
         for line in lines:
-            if line.count("\t") == 2:
-                when, name, outcome = line.split("\t", 2)
-                found.append((when, name, outcome))
+            fields = line.split("\t")
+            if len(fields) == 4 and fields[0].isdigit():
+                number, when, name, event = int(fields[0]), fields[1], fields[2], fields[3]
+            elif len(fields) == 3:
+                number, when, name, event = 0, fields[0], fields[1], fields[2]
+            else:
+                continue
+            after = found[-1].seq + 1 if found else 1
+            found.append(Entry(max(number, after), when, name, event))
         return found
 
 

@@ -1,24 +1,37 @@
-"""The switch: make a generation live by the procedure in the package docstring, or undo it on failure."""
+"""The switch: make a generation live by the procedure in the package docstring, or undo it.
+
+Whatever stops a switch before its point of no return is met the same way: a step that fails (Failed),
+a full or read-only disk (OSError), a signal (outcomes.Interrupted), a bug. Everything the switch
+changed, as its Progress records, is undone, newest first, with signals held so that the undo is never
+cut short; the history says `failed` or `interrupted`, and one line says what failed and what was done.
+The point of no return is the history's `ok` line, written once every Gig has answered through nginx
+after nginx took the new configuration; nothing old is stopped before it, and past it the switch
+completes whatever arrives. kill -9 at any point leaves links from which the next run converges
+(generations.return_target tells it what actually runs).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
+import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract import ContractError, Plan, Timeouts, VassalPlan, read_plan, verify
-from ..files import link, unlink
-from . import emperor, nginx
-from .outcomes import Failed, Refused, crash_point, say
+from ..files import link, remove_tree, unlink
+from . import emperor, nginx, procfs, store
+from .generations import return_target
+from .outcomes import SIGNALS, Failed, Interrupted, Refused, crash_point, out, say
 from .probes import gig_answers, vassal_answers
 from .state import GENERATIONS, State
 
 UWSGI = "uwsgi"  # an artifact's and a generation's directory of vassal files
 NGINX = "nginx"  # ... and of server files
 INCLUDE = "include.conf"  # the file the production's link in nginx_dir points at, through `current`
+STOP_WAIT = 10.0  # at most this long, after an undo, for the vassals it unlinked to exit
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +44,23 @@ class Steps:
 
     def by_verb(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         return (("start", self.start), ("keep", self.keep), ("stop", self.stop))
+
+
+@dataclass
+class Progress:
+    """What a switch has changed so far: exactly what an undo must put back."""
+
+    previous: str | None  # the generation to return to (generations.return_target)
+    before: str | None  # what `current` named when the switch began
+    had_nginx_link: bool
+    installing: bool = False  # copying the artifact into generations/ (a partial copy to remove)
+    started: list[str] = field(default_factory=list)  # vassal links added (or being added)
+    switched: bool = False  # `current` and the nginx link may point at the new generation
+    reload_sent: bool = False  # nginx may have been told to load the new generation
+
+    def changed(self, state: State) -> bool:
+        """Whether anything that serves was touched (an added link, `current`), not only begun."""
+        return self.switched or any(os.path.lexists(state.vassals_dir / name) for name in self.started)
 
 
 def plan_steps(state: State) -> Steps:
@@ -85,16 +115,61 @@ def port_clashes(state: State, steps: Steps) -> list[str]:
             for name in steps.start if starting[name] in leaving]
 
 
+def _split(address: str) -> tuple[str, int]:
+    ip, port = address.rsplit(":", 1)
+    return ip, int(port)
+
+
+def _who(pids: Iterable[int]) -> str:
+    described = [f"pid {pid} ({procfs.title(pid)[:60] or '?'})" for pid in pids]
+    return ", ".join(described[:3]) or "another process"
+
+
+def taken_ports(state: State, steps: Steps) -> list[str]:
+    """New vassals whose TCP address cannot be bound: another process listens there (or the address is
+    not this host's). Their vassal would fail to start while the other process answered its readiness
+    checks, so the switch is refused before anything changes."""
+    by_file = state.plan.vassal_files()
+    problems = []
+    for name in steps.start:
+        vassal = by_file[name]
+        if not vassal.tcp:
+            continue
+        ip, port = _split(vassal.address)
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uWSGI binds
+            try:
+                probe.bind((ip, port))
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    why = f"{_who(procfs.holders(procfs.tcp_listeners(ip, port)))} already listens there"
+                else:
+                    why = exc.strerror or str(exc)
+        problems.append(f"sess {vassal.sess} cannot bind its port {vassal.address}: {why}")
+    return problems
+
+
 def sweep_sockets(state: State) -> None:
-    """Remove this production's sockets that no live vassal owns.
+    """Remove this production's sockets that no live vassal owns and no process listens on, and link
+    temporaries a killed run left.
 
     uWSGI's `vacuum` removes a socket when its vassal stops, except when the vassal dropped to a
-    `uid` that may not write run_dir; blue/green names would then pile up, one per change.
+    `uid` that may not write run_dir; blue/green names would then pile up, one per change. A socket
+    still listened on is kept: its vassal's link may be gone while the Emperor has not yet stopped it
+    (a run killed right after unlinking it), and linking it again makes the Emperor keep it.
     """
     live = {name.removesuffix(".ini") for name in state.live_vassals()}
+    listening: set[str] | None = None
     for sock in state.run_dir.glob(f"{state.production}--*.sock"):
         if sock.name.removesuffix(".sock") not in live and sock.is_socket():
-            unlink(sock)
+            if listening is None:
+                listening = procfs.unix_listening()
+            if str(sock) not in listening:
+                unlink(sock)
+    for stale in state.vassals_dir.glob(f".{state.production}--*.tmp"):
+        if stale.is_symlink():
+            unlink(stale)
 
 
 # ------------------------------------------------------------------------------------------ probing
@@ -104,12 +179,58 @@ def log_tail(plan: Plan, sess: str, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
-        return f"(no log at {path})"
+        return f"(no log at {path}{_disk_trouble(Path(plan.log_dir))})"
     return f"last lines of {path}:\n" + "\n".join("    " + line for line in text)
 
 
-def wait_ready(plan: Plan, vassals: Iterable[VassalPlan], timeout: float) -> None:
-    """Wait until every vassal answers a real request with a status below 500."""
+def _disk_trouble(directory: Path) -> str:
+    """Why a vassal may not have been able to write into `directory`, if its filesystem says so."""
+    try:
+        fs = os.statvfs(directory)
+    except OSError as exc:
+        return f": {directory}: {exc.strerror}"
+    if fs.f_flag & os.ST_RDONLY:
+        return f": {directory} is on a read-only filesystem"
+    if fs.f_bavail == 0 or (fs.f_files and fs.f_favail == 0):
+        return f": {directory}'s filesystem is full; free space there and apply again"
+    return ""
+
+
+def vassal_processes(state: State, files: Iterable[str], stats: bool = True) -> set[int]:
+    """The processes of the vassals `files`: each one's master (the one running `uwsgi --ini .../<file>`,
+    or, with `stats`, the pid the Emperor's stats name) and the masters' children (their workers)."""
+    files = set(files)
+    roots = set()
+    if stats:
+        roots = {pid for name, pid in emperor.vassal_pids(state.plan.host.emperor_stats).items() if name in files}
+    parents: dict[int, int] = {}
+    for pid in procfs.pids():
+        found = procfs.stat(pid)
+        if found is None or found.state == "Z":
+            continue
+        parents[pid] = found.ppid
+        command = procfs.cmdline(pid)
+        if "--ini" in command[:-1] and Path(command[command.index("--ini") + 1]).name in files:
+            roots.add(pid)
+    return roots | {pid for pid, parent in parents.items() if parent in roots}
+
+
+def wrong_process(state: State, vassal: VassalPlan) -> str:
+    """For a TCP vassal that answered: "" if the listening socket that answered is its vassal's own,
+    else who holds it. When /proc cannot tell (another network namespace), the answer is trusted."""
+    if not vassal.tcp:
+        return ""  # the socket's path holds the vassal's own content hash, in run_dir
+    ip, port = _split(vassal.address)
+    inodes = procfs.tcp_listeners(ip, port)
+    if not inodes or any(procfs.socket_inodes(pid) & inodes for pid in vassal_processes(state, [vassal.file])):
+        return ""
+    holders = procfs.holders(inodes)
+    return f"{vassal.address} is held by {_who(holders)}, not by its vassal" if holders else ""
+
+
+def wait_ready(state: State, vassals: Iterable[VassalPlan], timeout: float) -> None:
+    """Wait until every vassal answers a real request with a status below 500, from its own process."""
+    plan = state.plan
     pending = {v.stem: v for v in vassals}
     deadline = time.monotonic() + timeout
     last: dict[str, str] = {}
@@ -118,6 +239,9 @@ def wait_ready(plan: Plan, vassals: Iterable[VassalPlan], timeout: float) -> Non
             try:
                 status = vassal_answers(vassal, timeout=2.0)
                 if status < 500:
+                    if wrong := wrong_process(state, vassal):
+                        raise Failed(f"sess {vassal.sess} ({stem}) is not what answers at its address: {wrong}; "
+                                     "free the port or give the Sess another `port`")
                     del pending[stem]
                     continue
                 last[stem] = f"answered {status}"
@@ -125,10 +249,14 @@ def wait_ready(plan: Plan, vassals: Iterable[VassalPlan], timeout: float) -> Non
                 last[stem] = f"{type(exc).__name__}: {exc}"
         if not pending:
             return
+        crash_point("waiting-ready")
         if time.monotonic() >= deadline:
-            vassal = next(iter(pending.values()))
+            vassal, *others = pending.values()
+            trouble = emperor.trouble(plan.host.emperor_stats)
+            also = f"; also waiting for sess {', '.join(v.sess for v in others)}" if others else ""
             raise Failed(f"sess {vassal.sess} ({vassal.stem}) did not answer within {timeout:.0f} s "
-                         f"({last.get(vassal.stem, 'no answer')})\n" + log_tail(plan, vassal.sess))
+                         f"({last.get(vassal.stem, 'no answer')}){also}" + (f"; {trouble}" if trouble else "")
+                         + "\n" + log_tail(plan, vassal.sess))
         time.sleep(0.1)
 
 
@@ -144,6 +272,7 @@ def check_gigs(plan: Plan, timeout: float) -> None:
                 problem = f"{type(exc).__name__}: {exc}"
             if not problem:
                 break
+            crash_point("checking-gigs")
             if time.monotonic() >= deadline:
                 raise Failed(f"gig {gig.name} (http://{gig.host}{gig.url} via {gig.connect}) "
                              f"{problem}\n" + log_tail(plan, gig.sess))
@@ -159,10 +288,14 @@ def nginx_test_host(plan: Plan) -> None:
         raise Failed(str(exc)) from None
 
 
-def reload_nginx(plan: Plan, wait: float) -> None:
-    """Reload nginx and wait for the old workers; after `wait` seconds go on, with a warning."""
+def reload_nginx(plan: Plan, wait: float, progress: Progress) -> None:
+    """Reload nginx and prove it took; if old workers still run after `wait` seconds, go on with a warning."""
+    progress.reload_sent = True
     try:
         finished = nginx.reload(plan.host.nginx, wait)
+    except nginx.NotSent as exc:
+        progress.reload_sent = False
+        raise Failed(str(exc)) from None
     except nginx.NginxError as exc:
         raise Failed(str(exc)) from None
     if not finished:
@@ -173,12 +306,36 @@ def wake_emperor(plan: Plan) -> None:
     emperor.wake(plan.host.emperor_stats)
 
 
+def point(at: Path, target: Path) -> None:
+    """Make the link `at` point at `target`, writing nothing when it already does (a full disk allows it)."""
+    try:
+        if os.readlink(at) == str(target):
+            return
+    except OSError:
+        pass
+    link(target, at)
+
+
+def describe(exc: BaseException) -> str:
+    """What stopped a switch, for its one line."""
+    if isinstance(exc, OSError):
+        path = exc.filename2 or exc.filename  # symlink(target, path), rename(tmp, path): path is written
+        where = f"{path}: " if path else ""
+        hint = {errno.ENOSPC: "; free space there and apply again", errno.EDQUOT: "; raise the quota or free space",
+                errno.EROFS: "; that filesystem is read-only"}.get(exc.errno or 0, "")
+        return f"cannot write {where}{exc.strerror or exc}{hint}"
+    if isinstance(exc, Failed | Refused | ContractError | Interrupted):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc} (please report it)"
+
+
 # -------------------------------------------------------------------------------------- the switch
 
 def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bool = False) -> int:
     """Make `artifact` live; returns the exit code. Refused (or ContractError) means nothing changed.
 
     `locked`: the caller already holds the production's lock (a rollback chooses its target under it).
+    A dry run takes no lock, waits for none and writes nothing.
     """
     verify(artifact)
     plan = read_plan(artifact)
@@ -188,95 +345,194 @@ def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bo
     except nginx.NginxError as exc:
         raise Refused(str(exc)) from None
     crash_point("verified")
-    with contextlib.nullcontext() if locked else state.lock(timeouts.lock_wait):
-        steps = plan_steps(state)
-        clashes = port_clashes(state, steps)
-        if clashes:
-            raise Refused("a changed Sess keeps its TCP port, so old and new cannot run side by side: "
-                          + "; ".join(clashes) + ". Give it a new port, or drop `port` for a unix socket.")
-        if dry_run:
-            for verb, names in steps.by_verb():
-                for name in names:
-                    print(f"{verb:5} vassal {name}")
-            print("nginx: test and reload")
-            return 0
-        # After an interrupted apply `current` may already name the new generation: undo to what was live.
-        previous = state.last_good() or state.current_name()
-        state.record(artifact.name, "start")
-        generation = state.install(artifact)
-        crash_point("installed")
-        for directory in (state.run_dir, state.log_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-        sweep_sockets(state)
-        try:
-            go_live(state, generation, steps, previous, timeouts)
-        except Failed as failure:
-            state.record(artifact.name, "failed")
-            say(f"apply failed, rolled back to {previous or 'nothing'}: {failure}")
-            return 1
-        state.record(artifact.name, "ok")
+    if dry_run:
+        return dry_run_switch(state)
+    if locked:
+        return locked_switch(state, artifact, timeouts)
+    with state.lock(timeouts.lock_wait):
+        return locked_switch(state, artifact, timeouts)
+
+
+def refuse_unstartable(state: State, steps: Steps) -> None:
+    clashes = port_clashes(state, steps)
+    if clashes:
+        raise Refused("a changed Sess keeps its TCP port, so old and new cannot run side by side: "
+                      + "; ".join(clashes) + ". Give it a new port, or drop `port` for a unix socket.")
+    taken = taken_ports(state, steps)
+    if taken:
+        raise Refused("; ".join(taken) + ". Free the port or give the Sess another `port`; nothing was changed.")
+
+
+def dry_run_switch(state: State) -> int:
+    steps = plan_steps(state)
+    refuse_unstartable(state, steps)
+    if not os.path.lexists(state.root):
+        out(f"state_dir {state.root} does not exist yet: apply would create it")
+    root = Path(state.plan.store_dir)
+    for name in sorted(state.plan.store_paths()):
+        if not store.complete(root / name):
+            out(f"build store path {name}")
+    for step in state.plan.steps:
+        if step.kind != "collectstatic" or not store.complete(root / step.static):
+            out(f"run   {step.kind} of act {step.act}: {' '.join(step.argv)}")
     for verb, names in steps.by_verb():
-        print(f"{verb:5} {len(names)} vassal(s)" + "".join(f"\n      {n}" for n in names))
-    print(f"live: {generation}")
+        for name in names:
+            out(f"{verb:5} vassal {name}")
+    out("nginx: test and reload")
     return 0
 
 
-def go_live(state: State, generation: Path, steps: Steps, previous: str | None, timeouts: Timeouts) -> None:
-    """Steps 3 to 6 of the switch; on Failed, what was changed has been undone."""
+def locked_switch(state: State, artifact: Path, timeouts: Timeouts) -> int:
+    steps = plan_steps(state)
+    refuse_unstartable(state, steps)
+    progress = Progress(previous=return_target(state), before=state.current_name(),
+                        had_nginx_link=state.nginx_link.is_symlink())
+    try:
+        state.record(artifact.name, "start")
+        progress.installing = True
+        generation = state.install(artifact)
+        progress.installing = False
+        crash_point("installed")
+        sweep_sockets(state)
+        # The store before any new vassal starts: Acts, built Stages, collectstatic, migrate, release.
+        # It changes nothing that serves; a failure here is undone like any other.
+        store.prepare(state.plan, generation)
+        go_live(state, generation, steps, progress, timeouts)
+        SIGNALS.hold()  # from here on a signal only waits for the switch to finish
+        state.record(artifact.name, "ok")  # the point of no return
+    except (Exception, Interrupted) as stop:
+        try:
+            return undone(state, artifact.name, progress, stop, timeouts)
+        except Interrupted:  # it came before undone() held signals; it is remembered: undo again, held
+            return undone(state, artifact.name, progress, stop, timeouts)
+    crash_point("gigs-checked")
+    warnings = []
+    for index, name in enumerate(steps.stop):
+        try:
+            unlink(state.vassals_dir / name)
+        except OSError as exc:
+            warnings.append(f"warning: {describe(exc)}: vassal {name} keeps running until the next apply")
+        if index == 0:
+            crash_point("stopping-old")
+    wake_emperor(state.plan)
+    for verb, names in steps.by_verb():
+        out(f"{verb:5} {len(names)} vassal(s)" + "".join(f"\n      {n}" for n in names))
+    for warning in warnings:
+        say(warning)
+    if SIGNALS.received is not None:
+        say(f"{SIGNALS.name()} came after the new generation was proven live; the switch was finished")
+    out(f"live: {generation}")
+    return 0
+
+
+def go_live(state: State, generation: Path, steps: Steps, progress: Progress, timeouts: Timeouts) -> None:
+    """Steps 3 to 5 of the switch, recording each change in `progress` before making it."""
     plan = state.plan
     by_file = plan.vassal_files()
-    started = list(steps.start)
-    for name in started:
+    for name in steps.start:
+        progress.started.append(name)
         link(generation / UWSGI / name, state.vassals_dir / name)
     wake_emperor(plan)
     crash_point("vassals-linked")
-    try:
-        wait_ready(plan, [by_file[n] for n in steps.start + steps.keep], timeouts.ready)
-    except Failed:
-        stop_vassals(state, started)
-        raise
+    wait_ready(state, [by_file[n] for n in steps.start + steps.keep], timeouts.ready)
     crash_point("vassals-ready")
-    had_link = state.nginx_link.is_symlink()
-    link(Path(GENERATIONS) / generation.name, state.current)
-    link(state.current / INCLUDE, state.nginx_link)
+    progress.switched = True
+    point(state.current, Path(GENERATIONS) / generation.name)
+    point(state.nginx_link, state.current / INCLUDE)
     crash_point("current-switched")
-    try:
-        nginx_test_host(plan)
-    except Failed:
-        restore(state, previous, had_link, reload=False, timeouts=timeouts)
-        stop_vassals(state, started)
-        raise
-    try:
-        reload_nginx(plan, timeouts.drain)
-        crash_point("nginx-reloaded")
-        check_gigs(plan, timeouts.health)
-    except Failed:
-        restore(state, previous, had_link, reload=True, timeouts=timeouts)
-        stop_vassals(state, started)
-        raise
-    crash_point("gigs-checked")
-    for index, name in enumerate(steps.stop):
-        unlink(state.vassals_dir / name)
-        if index == 0:
-            crash_point("stopping-old")
-    wake_emperor(plan)
+    nginx_test_host(plan)
+    reload_nginx(plan, timeouts.drain, progress)
+    crash_point("nginx-reloaded")
+    check_gigs(plan, timeouts.health)
 
 
-def restore(state: State, previous: str | None, had_link: bool, reload: bool, timeouts: Timeouts) -> None:
-    """Point `current` and the nginx link back at what they were, and reload nginx if it had seen the new."""
-    if previous:
-        link(Path(GENERATIONS) / previous, state.current)
+def undone(state: State, name: str, progress: Progress, stop: BaseException, timeouts: Timeouts) -> int:
+    """Undo what `progress` records, write the history, say what happened in one line; the exit code."""
+    with SIGNALS.held():
+        changed = progress.changed(state)
+        crash_point("undoing")
+        notes = undo(state, progress, timeouts)
+        event = "interrupted" if isinstance(stop, Interrupted) else "failed"
+        try:
+            state.record(name, event)
+        except OSError as exc:
+            notes.append(f"the history could not be written ({describe(exc)})")
+    reason, _, details = describe(stop).partition("\n")
+    if not changed:
+        where = f"nothing was changed ({progress.before or 'nothing'} stays live)"
+    elif progress.previous:
+        where = f"rolled back to {progress.previous}"
     else:
-        unlink(state.current)
-    if not had_link:
-        unlink(state.nginx_link)
-    if reload:
-        with contextlib.suppress(Failed):
-            nginx_test_host(state.plan)
-            reload_nginx(state.plan, timeouts.drain)
+        where = "nothing was live before; removed what it added"
+    but = "".join(f"; but {note}" for note in notes)
+    if isinstance(stop, Interrupted):
+        say(f"apply {stop}, {where}{but}")
+        return stop.code
+    # A signal that came while the failure was being undone waited for the undo; its code says so.
+    late = f"; {SIGNALS.name()} arrived during the undo, which was finished first" if SIGNALS.received else ""
+    code = 128 + SIGNALS.received if SIGNALS.received else 1
+    if isinstance(stop, Refused | ContractError) and not changed:
+        say(f"refused: {reason}{but}{late}")
+        return code if SIGNALS.received else 2
+    say(f"apply failed, {where}: {reason}{but}{late}" + (f"\n{details}" if details else ""))
+    return code
+
+
+def undo(state: State, progress: Progress, timeouts: Timeouts) -> list[str]:
+    """Put back what `progress` records, newest first; returns what could not be put back.
+
+    The vassals the switch started are stopped only once nginx is known not to route to them: it was
+    never told about them, or it has taken the previous configuration back. Otherwise they are kept
+    running (serving nothing, or serving what nginx still routes to them) until a later run.
+    """
+    plan = state.plan
+    notes: list[str] = []
+    if progress.installing:
+        for partial in state.generations.glob(".tmp-*"):
+            try:
+                remove_tree(partial)
+            except OSError as exc:
+                notes.append(f"a partial copy is left: {describe(exc)}")
+    if progress.switched:
+        try:
+            if progress.previous:
+                point(state.current, Path(GENERATIONS) / progress.previous)
+            else:
+                unlink(state.current)
+            if not progress.had_nginx_link:
+                unlink(state.nginx_link)
+        except OSError as exc:
+            notes.append(f"`current` could not be pointed back ({describe(exc)}); run rollback once it can")
+    nginx_back = True
+    if progress.reload_sent:
+        try:
+            nginx.test(plan.host.nginx, "the host configuration")
+            nginx.reload(plan.host.nginx, timeouts.drain)
+        except nginx.NginxError as exc:
+            nginx_back = False
+            first = str(exc).splitlines()[0]
+            notes.append(f"nginx did not reload back either ({first}); the new vassals are kept running "
+                         "so that whatever nginx routes to answers; run apply or rollback again once nginx does")
+    if progress.started and nginx_back:
+        try:
+            stop_vassals(state, progress.started)
+        except OSError as exc:
+            notes.append(f"the new vassals could not be unlinked ({describe(exc)}); run apply again once they can")
+        else:
+            wait_stopped(state, progress.started, min(timeouts.ready, STOP_WAIT))
+    return notes
 
 
 def stop_vassals(state: State, names: Iterable[str]) -> None:
     for name in names:
-        unlink(state.vassals_dir / name)
+        if os.path.lexists(state.vassals_dir / name):  # a read-only directory refuses even a missing name
+            unlink(state.vassals_dir / name)
     wake_emperor(state.plan)
+
+
+def wait_stopped(state: State, names: list[str], timeout: float) -> None:
+    """Wait (at most `timeout`) until the unlinked vassals' processes have exited, so that a run right
+    after finds their ports and names free."""
+    deadline = time.monotonic() + timeout
+    while vassal_processes(state, names, stats=False) and time.monotonic() < deadline:
+        time.sleep(0.1)

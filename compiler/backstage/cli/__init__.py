@@ -1,8 +1,8 @@
 """The `backstage` command line.
 
-Exit codes: 0 done; 1 bad input, a refused artifact, or a failed apply that was rolled back (the
-message says which); 2 wrong usage; 3 a bug in backstage (one line; BACKSTAGE_DEBUG=1 for a traceback);
-130 interrupted.
+Exit codes: 0 done; 1 bad input, a refused artifact, or a failed apply that was undone (the message
+says which); 2 wrong usage; 3 a bug in backstage (one line; BACKSTAGE_DEBUG=1 for a traceback);
+129, 130, 143: apply stopped by SIGHUP, SIGINT or SIGTERM, after undoing the switch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
+SIGNAL_EXITS = (129, 130, 143)  # SIGHUP, SIGINT, SIGTERM stopped the agent; it undid the switch first
 DEFAULT_OUTPUT = "artifacts"  # not ./build: that is setuptools' own directory
 
 
@@ -78,8 +79,11 @@ def _timeouts(args: argparse.Namespace) -> list[str]:
 
 
 def _installer_exit(code: int) -> int:
-    # install.sh: 0 done, 1 failed and rolled back, 2 refused before changing anything.
-    return 0 if code == 0 else EXIT_INPUT
+    # The agent: 0 done, 1 failed and undone, 2 refused before changing anything, 3 a bug in it,
+    # 128 + N stopped by signal N (after undoing); those pass through, the rest is 1.
+    if code == 0 or code in SIGNAL_EXITS:
+        return code
+    return EXIT_INPUT
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -127,7 +131,8 @@ def _try(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="backstage", description="Compile and deploy WSGI productions.",
                                   epilog="exit codes: 0 done; 1 bad input, refused artifact or failed apply "
-                                         "(rolled back); 2 usage; 3 internal error; 130 interrupted")
+                                         "(undone); 2 usage; 3 internal error; 129/130/143 apply stopped by "
+                                         "SIGHUP/SIGINT/SIGTERM (undone)")
     top.add_argument("--version", action="version", version=f"backstage {__version__}")
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
 

@@ -52,7 +52,11 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
             parent = trust.subdirectory(state, INCOMING, "state_dir/incoming")
     except (contract.ContractError, Refused) as refusal:
         raise HandoffError(f"refusing to apply: {refusal}") from None
-    stage = Path(tempfile.mkdtemp(prefix=".apply-", dir=parent))
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".apply-", dir=parent))
+    except OSError as exc:
+        raise HandoffError(f"cannot copy the artifact into {parent}: {exc.strerror}; free space there (or make "
+                           "it writable) and apply again; nothing was changed") from None
     try:
         copy = stage / artifact.name
         try:
@@ -61,6 +65,9 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
                 raise contract.ContractError(f"{artifact}: apply.json changed while it was copied")
         except contract.ContractError as refusal:
             raise HandoffError(f"refusing to apply: {refusal}") from None
+        except OSError as exc:
+            raise HandoffError(f"cannot copy the artifact into {parent}: {exc.strerror}; free space there (or "
+                               "make it writable) and apply again; nothing was changed") from None
         hook = os.environ.get(contract.AFTER_COPY_ENV)
         if hook:  # tests change the original here, after its copy was verified
             subprocess.run(["sh", "-c", hook, "sh", str(artifact)], check=True)
@@ -107,5 +114,42 @@ def installer(state: Path) -> Path:
 
 
 def run_installer(script: Path, *args: str) -> int:
-    """Run an artifact's install.sh, letting its output through; returns its exit code."""
-    return subprocess.run([str(script), *args], check=False).returncode
+    """Run an artifact's install.sh, letting its output through; returns its exit code (128 + N when
+    signal N stopped the agent: 129 SIGHUP, 130 SIGINT, 143 SIGTERM).
+
+    The agent never runs on alone: it runs in a session of its own, so a terminal's Ctrl-C or a signal
+    to this process's group reaches it only through here, and SIGINT, SIGTERM and SIGHUP sent here are
+    forwarded to it and waited for (it undoes an unfinished switch first, then exits). It also holds the
+    read end of a pipe whose write end only this process has (its fd in contract.PARENT_FD_ENV): if this
+    process dies, even by kill -9, the pipe closes and the agent stops as on SIGTERM. Older agents
+    ignore the variable.
+    """
+    import signal
+
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    received: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    read_end, write_end = os.pipe()
+    previous = {signum: signal.signal(signum, forward) for signum in stopping}
+    try:
+        try:
+            child = subprocess.Popen([str(script), *args], pass_fds=(read_end,), start_new_session=True,
+                                     env={**os.environ, contract.PARENT_FD_ENV: str(read_end)})
+        finally:
+            os.close(read_end)
+        for signum in received:  # arrived while it was being started
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(write_end)
+    return code

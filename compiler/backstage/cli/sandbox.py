@@ -262,6 +262,7 @@ class Sandbox:
             "nginx": self.nginx_command,
             "nginx_user": pwd.getpwuid(os.geteuid()).pw_name,
             "emperor_stats": self.emperor_stats,
+            "uwsgi": self.components.uwsgi,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------

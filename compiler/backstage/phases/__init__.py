@@ -4,6 +4,7 @@
     normalise  every default filled in, once (from the schema, or derived)
     graph      the production's things and relations as one networkx graph
     check      the JSON Schema plus whole-production rules, every error at once
+    sources    Act sources and Stage lock files read from the build machine
     model      frozen, typed objects
     render     model -> file contents through the targets' templates, and the host's plan
     artifact   the agent and manifest added; written read-only under its tree hash

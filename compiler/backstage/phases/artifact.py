@@ -1,9 +1,10 @@
-"""Phase 7, artifact: rendered files + the host agent + the manifest -> an immutable directory named by
+"""Phase 8, artifact: rendered files + the host agent + the manifest -> an immutable directory named by
 the hash of its content (contract.artifact_name); and the cache that answers an unchanged rebuild."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from functools import cache
 from pathlib import Path
 
 from .. import __version__, contract, files
-from . import agentzip
+from . import agentzip, sources
 from .layout import READ_ONLY, File
 
 
@@ -83,19 +84,24 @@ def _cache_file(outdir: Path, key: str) -> Path:
 
 
 def cached(outdir: Path, key: str) -> Built | None:
+    """The build recorded for this key, if its artifact is still there and nothing it read changed."""
     try:
-        dirname, summary = _cache_file(outdir, key).read_text("utf-8").split("\n", 1)
-    except (OSError, ValueError):
+        entry = json.loads(_cache_file(outdir, key).read_text("utf-8"))
+        dirname, summary, inputs, seen = entry["artifact"], entry["summary"], entry["inputs"], entry["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    path = outdir / dirname
-    if "/" in dirname or not (path / contract.MANIFEST).is_file():
+    path = outdir / str(dirname)
+    if "/" in str(dirname) or not (path / contract.MANIFEST).is_file() or sources.fingerprint(list(inputs)) != seen:
         return None
-    return Built(path, summary.strip(), cached=True)
+    return Built(path, str(summary).strip(), cached=True)
 
 
-def remember(outdir: Path, key: str, built: Built) -> None:
+def remember(outdir: Path, key: str, built: Built, inputs: list[str], stamp: str) -> None:
+    """Record a build; `stamp` is the fingerprint of `inputs` taken before they were read."""
     entry = _cache_file(outdir, key)
     entry.parent.mkdir(exist_ok=True)
     tmp = entry.with_name(f".{key}.{os.getpid()}")
-    tmp.write_text(f"{built.path.name}\n{built.summary}\n", "utf-8")
+    record = {"artifact": built.path.name, "summary": built.summary, "inputs": sorted(inputs),
+              "fingerprint": stamp}
+    tmp.write_text(json.dumps(record, sort_keys=True) + "\n", "utf-8")
     os.replace(tmp, entry)

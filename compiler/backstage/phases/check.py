@@ -171,6 +171,16 @@ def _table(data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     return {name: item for name, item in value.items() if isinstance(item, dict)}
 
 
+def _static_prefixes(act: dict[str, Any]) -> list[str]:
+    """The URL prefixes nginx serves an Act's files at itself: `static`, and Django's collectstatic."""
+    static = act.get("static")
+    prefixes = [p for p in static if isinstance(p, str)] if isinstance(static, dict) else []
+    django = act.get("django")
+    if isinstance(django, dict) and isinstance(django.get("collectstatic"), str):
+        prefixes.append(django["collectstatic"])
+    return prefixes
+
+
 class _Rules:
     """Rules a schema cannot state: they relate one part of the production to another."""
 
@@ -197,6 +207,9 @@ class _Rules:
         self.needs_cycles()
         self.static_slashes()
         self.socket_lengths()
+        self.act_code()
+        self.stage_kinds()
+        self.release_steps()
         return self.found
 
     def report(self, path: KeyPath, code: str, message: str, hint: str = "") -> None:
@@ -289,10 +302,9 @@ class _Rules:
         for name, gig in self.gigs.items():
             venue, path = gig.get("venue"), gig.get("path")
             act = self.acts.get(str(self.sesses.get(str(gig.get("sess")), {}).get("act")), {})
-            static = act.get("static")
-            if not (isinstance(venue, str) and isinstance(path, str) and isinstance(static, dict)):
+            if not (isinstance(venue, str) and isinstance(path, str)):
                 continue
-            for prefix in static:
+            for prefix in _static_prefixes(act):
                 key = (venue, layout.url_join(path, prefix))
                 if key in owners:
                     self.report(("gigs", name), "BS204",
@@ -320,6 +332,56 @@ class _Rules:
                                 f"write `{directory}/`: with nginx `alias`, a mismatch serves files outside "
                                 "the directory (GET /static../secret)")
 
+    def act_code(self) -> None:
+        for name, act in self.acts.items():
+            given = [key for key in ("path", "source") if key in act]
+            if len(given) != 1:
+                self.report(("acts", name, given[1]) if given else ("acts", name), "BS209",
+                            "both `path` and `source` are given" if given else "neither `path` nor `source` is given",
+                            "`path`: code managed outside backstage, used in place; `source`: a directory copied "
+                            "into the artifact and run from the store. Keep one")
+            if "exclude" in act and "source" not in act:
+                self.report(("acts", name, "exclude"), "BS209", "`exclude` applies to `source` only",
+                            "drop `exclude`, or give `source`")
+
+    def stage_kinds(self) -> None:
+        for name, stage in self.stages.items():
+            given = [key for key in _STAGE_KINDS if key in stage]
+            if given == ["virtualenv", "requirements"]:
+                self.report(("stages", name, "requirements"), "BS210",
+                            "`virtualenv` and `requirements` together: version 2 builds a Stage from its "
+                            "requirements itself",
+                            "drop `virtualenv` to let backstage build the Stage in its store (the version 1 "
+                            "meaning of `requirements`, a file written for you to install, is gone), or drop "
+                            "`requirements` to keep using the virtualenv as it is")
+            elif len(given) != 1:
+                self.report(("stages", name, given[1]) if given else ("stages", name), "BS210",
+                            f"{' and '.join(f'`{g}`' for g in given)} together" if given else
+                            "none of `virtualenv`, `lock` and `requirements` is given",
+                            "`virtualenv`: an environment managed outside backstage; `lock` or `requirements`: "
+                            "backstage builds the Stage. Keep exactly one")
+            if "python" in stage and "virtualenv" in stage:
+                self.report(("stages", name, "python"), "BS210", "`python` applies to Stages backstage builds",
+                            "drop `python`: a `virtualenv` brings its own interpreter")
+
+    def release_steps(self) -> None:
+        for name, act in self.acts.items():
+            django = act.get("django")
+            if not isinstance(django, dict):
+                continue
+            if "collectstatic" in django and "path" in act:
+                self.report(("acts", name, "django", "collectstatic"), "BS213",
+                            "collectstatic needs the Act's code in the store (`source`)",
+                            "give `source` instead of `path`, or serve the files with `static`")
+            release = django.get("release")
+            for index, argv in enumerate(release if isinstance(release, list) else []):
+                first = argv[0] if isinstance(argv, list) and argv and isinstance(argv[0], str) else None
+                if first is not None and (first.startswith("/") or ".." in first.split("/") or first == ""):
+                    self.report(("acts", name, "django", "release", index, 0), "BS213",
+                                f"`{first}`: a release command runs from the Act's code or the Stage's bin/",
+                                "give a script relative to the Act's code (such as manage.py) or a command the "
+                                "Stage installs (such as django-admin)")
+
     def socket_lengths(self) -> None:
         production = self.data.get("production")
         if not isinstance(production, dict) or not isinstance(production.get("name"), str):
@@ -338,3 +400,7 @@ class _Rules:
                             f"{layout.MAX_SOCKET_PATH}",
                             "shorten production.run_dir, the production name or the Sess name, or give it a port")
 
+
+
+# Keys a version 1 Stage could combine and version 2 cannot: the hint names what to drop.
+_STAGE_KINDS = ("virtualenv", "lock", "requirements")

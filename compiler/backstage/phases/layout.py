@@ -5,7 +5,11 @@ Shared by normalise, check, model and render.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .. import contract
 
 HASH_LENGTH = 8
 READ_ONLY = 0o444
@@ -80,3 +84,38 @@ def connect_address(listen: str) -> str:
 def tcp_address(port: int) -> str:
     """A Sess with a `port` binds it on loopback only."""
     return f"127.0.0.1:{port}"
+
+
+# ------------------------------------------------------------------------------------------- the store
+# Store directory names: <kind>-<name>-<32 hex of a sha256 over everything that determines the content>.
+
+STORE_HASH_LENGTH = 32
+PLATFORM = "linux"  # the hosts backstage serves; part of a built Stage's identity
+
+
+def store_path(state_dir: str, name: str) -> str:
+    return in_dir(in_dir(state_dir, contract.STORE), name)
+
+
+def act_store(act: str, files: Iterable[tuple[str, int, bytes]]) -> str:
+    """An Act's code: the hash covers every included path, mode and byte."""
+    return f"act-{act}-{contract.tree_hash(files)[:STORE_HASH_LENGTH]}"
+
+
+def _digest(*parts: bytes | str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(f"{len(data)}\0".encode() + data)
+    return digest.hexdigest()[:STORE_HASH_LENGTH]
+
+
+def stage_store(stage: str, requirements: bytes, exact: bool, python: str, uwsgi: str) -> str:
+    """A built Stage: the requirements (or lock) bytes, how they are installed, the interpreter it is made
+    from and the uWSGI whose Python it must match, and the platform."""
+    return f"stage-{stage}-{_digest(requirements, str(exact), python, uwsgi, PLATFORM)}"
+
+
+def static_store(act: str, code: str, environment: str, settings: str) -> str:
+    """An Act's collected static files: its code, its Stage and its settings module determine them."""
+    return f"static-{act}-{_digest(code, environment, settings)}"

@@ -1,4 +1,4 @@
-"""Phase 5, model: normalised, checked data -> frozen, typed objects. It states no default: normalise did."""
+"""Phase 6, model: normalised, checked data -> frozen, typed objects. It states no default: normalise did."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
+
+from .sources import Gathered, SourceTree
 
 Scalar = bool | int | str
 
@@ -17,28 +19,49 @@ class Host:
     nginx: tuple[str, ...]
     nginx_user: str
     emperor_stats: str
+    uwsgi: str
 
 
 @dataclass(frozen=True, slots=True)
 class Stage:
+    """`virtualenv` (managed outside backstage), or built by backstage from `lock` bytes or `requirements`."""
+
     name: str
-    virtualenv: str
+    virtualenv: str | None
     requirements: tuple[str, ...]
+    lock: bytes | None
+    python: str | None
     uid: str | None
     gid: str | None
     uwsgi: Mapping[str, Scalar]
 
+    @property
+    def built(self) -> bool:
+        return self.virtualenv is None
+
+
+@dataclass(frozen=True, slots=True)
+class Django:
+    collectstatic: str | None
+    migrate: bool
+    manage: str
+    release: tuple[tuple[str, ...], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class Act:
+    """`path` (code used in place), or `source`: files copied into the artifact and run from the store."""
+
     name: str
     module: str
     callable: str
-    path: str
+    path: str | None
+    source: SourceTree | None
     settings: str | None
     env: tuple[tuple[str, str], ...]
     static: tuple[tuple[str, str], ...]
     health: str
+    django: Django | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +122,12 @@ def _sorted(items: dict[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(sorted(items.items())))
 
 
-def build(data: dict[str, Any]) -> Production:
-    """Model a production that check() accepted, from normalised data: the input is trusted here."""
+def build(data: dict[str, Any], gathered: Gathered) -> Production:
+    """Model a production that check() accepted, from normalised data and what the sources phase read:
+    the input is trusted here."""
     head = data["production"]
     host = data["host"]
-    stages = {n: _stage(n, s) for n, s in data.get("stages", {}).items()}
+    stages = {n: _stage(n, s, gathered.locks.get(n)) for n, s in data.get("stages", {}).items()}
     return Production(
         name=head["name"],
         state_dir=_directory(head["state_dir"]),
@@ -115,9 +139,10 @@ def build(data: dict[str, Any]) -> Production:
             nginx=tuple(host["nginx"]),
             nginx_user=host["nginx_user"],
             emperor_stats=host["emperor_stats"],
+            uwsgi=host["uwsgi"],
         ),
         stages=_sorted(stages),
-        acts=_sorted({n: _act(n, a) for n, a in data.get("acts", {}).items()}),
+        acts=_sorted({n: _act(n, a, gathered.acts.get(n)) for n, a in data.get("acts", {}).items()}),
         sesses=_sorted({n: _sess(n, s, stages[s["stage"]]) for n, s in data.get("sesses", {}).items()}),
         venues=_sorted({n: _venue(n, v) for n, v in data.get("venues", {}).items()}),
         gigs=_sorted({n: Gig(n, g["venue"], g["sess"], g["path"]) for n, g in data.get("gigs", {}).items()}),
@@ -128,22 +153,26 @@ def _directory(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
-def _stage(name: str, raw: dict[str, Any]) -> Stage:
-    return Stage(name, raw["virtualenv"], tuple(raw.get("requirements", ())), raw.get("uid"), raw.get("gid"),
-                 MappingProxyType(dict(raw.get("uwsgi", {}))))
+def _stage(name: str, raw: dict[str, Any], lock: bytes | None) -> Stage:
+    return Stage(name, raw.get("virtualenv"), tuple(raw.get("requirements", ())), lock, raw.get("python"),
+                 raw.get("uid"), raw.get("gid"), MappingProxyType(dict(raw.get("uwsgi", {}))))
 
 
-def _act(name: str, raw: dict[str, Any]) -> Act:
+def _act(name: str, raw: dict[str, Any], source: SourceTree | None) -> Act:
     module, _, func = raw["wsgi"].partition(":")
+    django = raw.get("django")
     return Act(
         name=name,
         module=module,
         callable=func or "application",
-        path=raw["path"],
+        path=raw.get("path"),
+        source=source,
         settings=raw.get("settings"),
         env=tuple(sorted(raw.get("env", {}).items())),
         static=tuple(sorted(raw.get("static", {}).items())),
         health=raw["health"],
+        django=Django(django.get("collectstatic"), django["migrate"], django["manage"],
+                      tuple(tuple(argv) for argv in django.get("release", ()))) if django is not None else None,
     )
 
 

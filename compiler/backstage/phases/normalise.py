@@ -2,8 +2,9 @@
 
 The schema states the defaults (`default` on a property); a few depend on other values and are
 derived here, each in one function: the three directories (from the production's name), a Venue's
-`listen` (80, or 443 with `tls`), and a Sess's `processes` and `threads` (its `[uwsgi]` table, else
-its Stage's, else the schema's default). check and model read the result and state no default.
+`listen` (80, or 443 with `tls`), a built Stage's `python` (python3), and a Sess's `processes` and
+`threads` (its `[uwsgi]` table, else its Stage's, else the schema's default). check and model read
+the result and state no default.
 
 The data may still be invalid here: a default is only filled in where its table is a table, and a
 derived one only from values of the right type; check then reports what is wrong.
@@ -91,6 +92,12 @@ def _dir(kind: str) -> Callable[[Data, Data], str | None]:
     return derive
 
 
+def _python(data: Data, stage: Data) -> str | None:
+    """The interpreter a Stage backstage builds is made from; a virtualenv brings its own."""
+    built = ("lock" in stage or "requirements" in stage) and "virtualenv" not in stage
+    return "python3" if built else None
+
+
 def _listen(data: Data, venue: Data) -> int:
     return layout.default_listen(tls="tls" in venue)
 
@@ -116,6 +123,7 @@ _DERIVED: tuple[tuple[str | None, str, Callable[[Data, Data], Any]], ...] = (
     (None, "run_dir", _dir("run_dir")),
     (None, "log_dir", _dir("log_dir")),
     ("venues", "listen", _listen),
+    ("stages", "python", _python),
     ("sesses", "processes", _count("processes")),
     ("sesses", "threads", _count("threads")),
 )

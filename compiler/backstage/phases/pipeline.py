@@ -1,4 +1,4 @@
-"""The one pipeline: load -> normalise -> graph -> check -> model -> render -> artifact.
+"""The one pipeline: load -> normalise -> graph -> check -> sources -> model -> render -> artifact.
 
 Every verb, `backstage try`, the tests and the benchmarks call these; none writes the phases out again.
 """
@@ -34,6 +34,8 @@ class Checked:
     production: model.Production
     graph: nx.DiGraph
     input_hash: str
+    inputs: tuple[str, ...] = ()  # files and directories read besides the production file
+    stamp: str = ""  # their fingerprint before they were read
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,7 @@ class Compiled:
 
 
 def check_bytes(raw: bytes, file: str, overlay: Overlay | None = None, overlay_label: str = "") -> Checked:
-    from . import check, graph, model, normalise
+    from . import check, graph, model, normalise, sources
 
     loaded = load.load_bytes(raw, file)
     check.refuse_oversized(loaded)  # first: the other phases would spend long on a huge table
@@ -62,7 +64,9 @@ def check_bytes(raw: bytes, file: str, overlay: Overlay | None = None, overlay_l
         loaded.source.inject(injected, overlay_label or "overlay")
     production_graph = graph.build(normalised.data)
     check.check(normalised, production_graph)
-    return Checked(model.build(normalised.data), production_graph, loaded.input_hash)
+    gathered = sources.gather(normalised.data, loaded.source)
+    return Checked(model.build(normalised.data, gathered), production_graph, loaded.input_hash, gathered.inputs,
+                   gathered.stamp)
 
 
 def check_file(path: str | Path, overlay: Overlay | None = None, overlay_label: str = "") -> Checked:
@@ -97,12 +101,22 @@ def build(path: str | Path, outdir: str | Path) -> artifact.Built:
     if hit:
         artifact.point_result(out, hit.path.name)
         return hit
-    compiled = compile_checked(check_bytes(raw, str(path)))
+    checked = check_bytes(raw, str(path))
+    compiled = compile_checked(checked)
     written = artifact.write(compiled.files, out, compiled.name)
     built = artifact.Built(written, compiled.summary, cached=False)
-    artifact.remember(out, key, built)
+    # Remembered only if what the build read besides the file (taken before reading) is unchanged now:
+    # a source edited during the build is then seen by the next one.
+    if sources_fingerprint(list(checked.inputs)) == checked.stamp:
+        artifact.remember(out, key, built, list(checked.inputs), checked.stamp)
     artifact.point_result(out, written.name)
     return built
+
+
+def sources_fingerprint(inputs: list[str]) -> str:
+    from . import sources
+
+    return sources.fingerprint(inputs)
 
 
 def summarize(production: model.Production) -> str:

@@ -1,4 +1,4 @@
-"""Phase 6, render: model -> file contents, through the targets' templates, and the host's plan.
+"""Phase 7, render: model -> file contents, through the targets' templates, and the host's plan.
 
 Every `{{ }}` is escaped for its target and, where a slot has rules of its own, by that slot's filter
 (backstage.targets). Nothing edits rendered text afterwards.
@@ -16,7 +16,7 @@ from .. import contract, targets
 from . import graph as graphs
 from . import layout
 from .layout import EXECUTABLE, File
-from .model import Gig, Production, Sess
+from .model import Act, Gig, Production, Sess, Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,31 +35,83 @@ class Vassal:
 _BIND = targets.Placeholder("\x00bind\x00")
 
 
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """Where each Act's code and each Stage's environment live on the host, and the store paths of
+    the Acts with `source`, the built Stages and the collected static files, with their inputs."""
+
+    code: dict[str, str]  # act -> the directory its code runs from
+    environment: dict[str, str]  # stage -> its virtualenv
+    acts: dict[str, str]  # act -> store name (source Acts)
+    stages: dict[str, tuple[str, bytes]]  # stage -> (store name, requirements file) (built Stages)
+    static: dict[tuple[str, str], str]  # (act, stage) -> store name of its collectstatic output
+
+
+def _stores(production: Production) -> Stores:
+    state = production.state_dir
+    acts = {a.name: layout.act_store(a.name, a.source.files) for a in production.acts.values() if a.source}
+    code = {a.name: layout.store_path(state, acts[a.name]) if a.source else str(a.path)
+            for a in production.acts.values()}
+    stages: dict[str, tuple[str, bytes]] = {}
+    for stage in production.stages.values():
+        if stage.built:
+            requirements = stage.lock if stage.lock is not None else _requirements_file(production, stage)
+            stages[stage.name] = (layout.stage_store(stage.name, requirements, stage.lock is not None,
+                                                     str(stage.python), production.host.uwsgi), requirements)
+    environment = {s.name: layout.store_path(state, stages[s.name][0]) if s.built else str(s.virtualenv)
+                   for s in production.stages.values()}
+    static: dict[tuple[str, str], str] = {}
+    for sess in production.sesses.values():
+        act = production.acts[sess.act]
+        if act.django and act.django.collectstatic:
+            static[(act.name, sess.stage)] = layout.static_store(act.name, code[act.name], environment[sess.stage],
+                                                                 act.settings or "")
+    return Stores(code, environment, acts, stages, static)
+
+
+def _requirements_file(production: Production, stage: Stage) -> bytes:
+    text = targets.template("pip", "requirements.txt.j2").render(production=production.name, stage=stage)
+    return text.encode()
+
+
 def render(production: Production, graph: nx.DiGraph) -> dict[str, File]:
     """Every rendered file of the artifact, keyed by relative path (artifact adds the agent and manifest)."""
     files: dict[str, File] = {}
     hosts = _hosts_by_sess(production)
-    vassals = _render_vassals(production, graph, hosts)
-    files.update((f"uwsgi/{v.stem}.ini", File(text)) for v, text in vassals.values())
-    addresses = {name: v for name, (v, _) in vassals.items()}
+    stores = _stores(production)
+    vassals = _render_vassals(production, graph, hosts, stores)
+    files.update((f"uwsgi/{v.stem}.ini", File(text)) for v, text, _ in vassals.values())
+    addresses = {name: v for name, (v, _, _) in vassals.items()}
     booked: dict[str, list[Gig]] = {name: [] for name in production.venues}
     for gig in production.gigs.values():
         booked[gig.venue].append(gig)
     for name, gigs in booked.items():
-        files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, addresses))
+        files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, addresses, stores))
     include = targets.template("nginx", "include.conf.j2").render(
         production=production.name, pattern=layout.in_dir(production.state_dir, "current/nginx/*.conf"))
     files["include.conf"] = File(include.encode())
-    files[contract.PLAN] = File(plan(production, hosts, addresses).to_json())
-    pythons = sorted({layout.in_dir(stage.virtualenv, "bin/python3") for stage in production.stages.values()})
+    environments = {name: env for name, (_, _, env) in vassals.items()}
+    files[contract.PLAN] = File(plan(production, hosts, addresses, stores, environments).to_json())
+    pythons = sorted({layout.in_dir(stage.virtualenv, "bin/python3") if stage.virtualenv else str(stage.python)
+                      for stage in production.stages.values()})
     script = targets.template("shell", "install.sh.j2").render(production=production.name,
                                                                 pythons=[*pythons, "python3"])
     files[contract.INSTALLER] = File(script.encode(), EXECUTABLE)
-    for stage in production.stages.values():
-        if stage.requirements:
-            text = targets.template("pip", "requirements.txt.j2").render(production=production.name, stage=stage)
-            files[f"stages/{stage.name}/requirements.txt"] = File(text.encode())
+    for name, (_, requirements) in stores.stages.items():
+        files[_requirements_path(name)] = File(requirements)
+    for act in production.acts.values():
+        if act.source:
+            files.update((f"{_act_files(act.name)}/{rel}", File(content, mode))
+                         for rel, mode, content in act.source.files)
     return dict(sorted(files.items()))
+
+
+def _requirements_path(stage: str) -> str:
+    return f"stages/{stage}/requirements.txt"
+
+
+def _act_files(act: str) -> str:
+    return f"acts/{act}"
 
 
 def _hosts_by_sess(production: Production) -> dict[str, list[str]]:
@@ -69,14 +121,19 @@ def _hosts_by_sess(production: Production) -> dict[str, list[str]]:
     return {sess: sorted(names) for sess, names in hosts.items()}
 
 
-def _render_vassals(production: Production, graph: nx.DiGraph,
-                    hosts: dict[str, list[str]]) -> dict[str, tuple[Vassal, bytes]]:
-    """Each Sess's vassal and its file, rendered after the Sesses it needs (their addresses are in it)."""
+Environment = list[tuple[str, str]]
+
+
+def _render_vassals(production: Production, graph: nx.DiGraph, hosts: dict[str, list[str]],
+                    stores: Stores) -> dict[str, tuple[Vassal, bytes, Environment]]:
+    """Each Sess's vassal, its file and its environment, rendered after the Sesses it needs (their
+    addresses are in it)."""
     template = targets.template("uwsgi", "vassal.ini.j2")
-    done: dict[str, tuple[Vassal, bytes]] = {}
+    done: dict[str, tuple[Vassal, bytes, Environment]] = {}
     for name in graphs.sesses_needed_first(graph):
         sess = production.sesses[name]
-        context = _vassal_context(production, sess, hosts.get(name, []), {n: v for n, (v, _) in done.items()})
+        context = _vassal_context(production, sess, hosts.get(name, []), {n: v for n, (v, _, _) in done.items()},
+                                  stores)
         # A TCP bind is written (and hashed) as itself, so a changed port is a new vassal.
         bind = layout.tcp_address(sess.port) if sess.port else _BIND
         chunks = list(template.generate(context, bind=bind,
@@ -84,17 +141,22 @@ def _render_vassals(production: Production, graph: nx.DiGraph,
         vassal = _address(production, sess, hashlib.sha256("".join(chunks).encode()).hexdigest()[: layout.HASH_LENGTH])
         path = targets.escape("uwsgi", vassal.bind)
         text = "".join(path if chunk == _BIND else chunk for chunk in chunks)
-        done[name] = (vassal, text.encode())
+        done[name] = (vassal, text.encode(), context["env"])  # type: ignore[assignment]
     return dict(sorted(done.items()))
 
 
 def _vassal_context(production: Production, sess: Sess, hosts: list[str],
-                    needed: dict[str, Vassal]) -> dict[str, object]:
+                    needed: dict[str, Vassal], stores: Stores) -> dict[str, object]:
     act = production.acts[sess.act]
     stage = production.stages[sess.stage]
     env = list(act.env)
     if act.settings:
         env.append(("DJANGO_SETTINGS_MODULE", act.settings))
+    static = stores.static.get((act.name, stage.name))
+    if static:
+        env.append(("BACKSTAGE_STATIC_ROOT", layout.store_path(production.state_dir, static)))
+    if act.source and "PYTHONDONTWRITEBYTECODE" not in dict(act.env):
+        env.append(("PYTHONDONTWRITEBYTECODE", "1"))  # the store is immutable: no __pycache__ written into it
     if hosts:
         env.append(("BACKSTAGE_HOSTS", " ".join(hosts)))
     for other in sess.needs:
@@ -107,6 +169,8 @@ def _vassal_context(production: Production, sess: Sess, hosts: list[str],
         "act": act,
         "stage": stage,
         "module": f"{act.module}:{act.callable}",
+        "code": stores.code[act.name],
+        "environment": stores.environment[stage.name],
         "socket_owner": stage.uid or production.host.nginx_user,
         "nginx_user": production.host.nginx_user,
         "env": env,
@@ -134,7 +198,8 @@ def _uwsgi_params() -> targets.Verbatim:
     return targets.Verbatim(targets.template("nginx", "uwsgi_params.j2").render())
 
 
-def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vassals: dict[str, Vassal]) -> bytes:
+def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vassals: dict[str, Vassal],
+                  stores: Stores) -> bytes:
     locations: list[dict[str, object]] = []
     for gig in gigs:
         sess = production.sesses[gig.sess]
@@ -146,7 +211,12 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vass
             "script_name": gig.path.rstrip("/"),
             "upstream": vassals[sess.name].upstream,
         })
-        for prefix, directory in production.acts[sess.act].static:
+        act = production.acts[sess.act]
+        served = list(act.static)
+        static = stores.static.get((act.name, sess.stage))
+        if act.django and act.django.collectstatic and static:
+            served.append((act.django.collectstatic, layout.store_path(production.state_dir, static) + "/"))
+        for prefix, directory in served:
             locations.append({"kind": "static", "gig": gig.name, "path": layout.url_join(gig.path, prefix),
                               "directory": directory})
     locations.sort(key=lambda loc: str(loc["path"]))
@@ -160,7 +230,8 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vass
     return text.encode()
 
 
-def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str, Vassal]) -> contract.Plan:
+def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str, Vassal], stores: Stores,
+         environments: dict[str, Environment]) -> contract.Plan:
     """What the host agent needs to switch, probe and check (apply.json)."""
     host = production.host
     return contract.Plan(
@@ -169,7 +240,8 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
         run_dir=production.run_dir,
         log_dir=production.log_dir,
         nginx_link=layout.nginx_link_name(production.name),
-        host=contract.HostPlan(host.vassals_dir, host.nginx_dir, host.nginx, host.nginx_user, host.emperor_stats),
+        host=contract.HostPlan(host.vassals_dir, host.nginx_dir, host.nginx, host.nginx_user, host.emperor_stats,
+                               host.uwsgi),
         vassals=tuple(
             contract.VassalPlan(
                 sess=v.sess, stem=v.stem, protocol=production.sesses[v.sess].protocol, address=v.address,
@@ -183,4 +255,52 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
                 tls=production.venues[gig.venue].tls is not None,
                 url=layout.url_join(gig.path, production.acts[production.sesses[gig.sess].act].health))
             for gig in production.gigs.values()),
+        acts=tuple(contract.ActPlan(name, store, _act_files(name)) for name, store in sorted(stores.acts.items())),
+        stages=tuple(
+            contract.StagePlan(name, store, str(production.stages[name].python), _requirements_path(name),
+                               production.stages[name].lock is not None)
+            for name, (store, _) in sorted(stores.stages.items())),
+        steps=tuple(_steps(production, stores, environments)),
     )
+
+
+def _steps(production: Production, stores: Stores, environments: dict[str, Environment]) -> list[contract.StepPlan]:
+    """Each Act's release steps, run as its first Sess (by name) would run: its environment, its Stage.
+    collectstatic once per Stage the Act plays on; migrate and release once per Act. Acts no Sess plays
+    run nothing."""
+    steps: list[contract.StepPlan] = []
+    for act in production.acts.values():
+        sesses = [s for s in production.sesses.values() if s.act == act.name]
+        if not act.django or not sesses:
+            continue
+        first = sesses[0]
+
+        def step(kind: str, argv: tuple[str, ...], sess: Sess, static: str = "", *, a: Act = act) -> None:
+            stage = production.stages[sess.stage]
+            steps.append(contract.StepPlan(
+                act=a.name, sess=sess.name, kind=kind, argv=_command(argv, stores.environment[stage.name]),  # type: ignore[arg-type]
+                cwd=stores.code[a.name], env=tuple(environments[sess.name]), uid=stage.uid or "",
+                gid=stage.gid or "", static=static))
+
+        manage = act.django.manage
+        if act.django.collectstatic:
+            for stage_name in sorted({s.stage for s in sesses}):
+                sess = next(s for s in sesses if s.stage == stage_name)
+                step("collectstatic", (manage, "collectstatic", "--noinput"), sess,
+                     stores.static[(act.name, stage_name)])
+        if act.django.migrate:
+            step("migrate", (manage, "migrate", "--noinput"), first)
+        for argv in act.django.release:
+            step("release", argv, first)
+    return steps
+
+
+def _command(argv: tuple[str, ...], environment: str) -> tuple[str, ...]:
+    """A script of the Act's code (ending in .py) runs with the Stage's python; a bare name is a command
+    the Stage installs (its bin/); anything else is a path in the Act's code."""
+    first, rest = argv[0], argv[1:]
+    if first.endswith(".py"):
+        return (layout.in_dir(environment, "bin/python"), first, *rest)
+    if "/" not in first:
+        return (layout.in_dir(environment, f"bin/{first}"), *rest)
+    return argv

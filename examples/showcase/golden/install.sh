@@ -4,7 +4,7 @@
 #   ./install.sh apply [--dry-run]   ./install.sh rollback [--to HASH]
 #   ./install.sh generations         ./install.sh gc --keep N
 here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd -P) || exit 1
-for python in /srv/venvs/showcase/bin/python3 python3; do
+for python in python3 python3; do
     if command -v "$python" >/dev/null 2>&1; then
         exec "$python" -I "$here/agent.pyz" "$here" "$@"
     fi

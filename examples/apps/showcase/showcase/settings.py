@@ -23,6 +23,9 @@ TEMPLATES: list[dict[str, object]] = []
 USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Where collectstatic writes (and, for a manifest storage, what a running app reads): backstage's
+# static store path when the Act has `[acts.NAME.django] collectstatic`.
+STATIC_ROOT = os.environ.get("BACKSTAGE_STATIC_ROOT")
 
 # Errors go to stderr, which is the vassal's logto file.
 LOGGING = {

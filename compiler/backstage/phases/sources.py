@@ -1,0 +1,183 @@
+"""Phase 5, sources: read what a checked production points at on the build machine.
+
+An Act's `source` directory becomes a tree of files for the artifact (what git ignores left out when
+it is in a git work tree, then `exclude`), and a Stage's `lock` file its bytes. Paths are relative to
+the production file. Everything that cannot be used is reported at its key's line, all at once:
+missing or unreadable paths, symlinks that leave the source, FIFOs, sockets and devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import Diagnostic, InputError
+from .load import Source
+
+MAX_FILES = 100_000
+# Left out of every source: what Python and git write for themselves, which would make two copies of
+# the same code differ.
+ALWAYS_EXCLUDED = ("__pycache__/", "*.py[cod]", ".git/")
+MAX_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTree:
+    """An Act's files as the artifact holds them: (relative path, mode, content), sorted by path."""
+
+    files: tuple[tuple[str, int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    acts: dict[str, SourceTree]
+    locks: dict[str, bytes]
+    inputs: tuple[str, ...]  # every file and directory read, for the build cache
+    stamp: str  # their fingerprint, taken before they were read
+
+
+def gather(data: dict[str, Any], source: Source) -> Gathered:
+    base = Path(source.name).resolve().parent
+    inputs = sorted({str(base / act["source"]) for act in data.get("acts", {}).values() if "source" in act}
+                    | {str(base / stage["lock"]) for stage in data.get("stages", {}).values() if "lock" in stage})
+    stamp = fingerprint(inputs)
+    problems: list[Diagnostic] = []
+    acts: dict[str, SourceTree] = {}
+    locks: dict[str, bytes] = {}
+    for name, act in sorted(data.get("acts", {}).items()):
+        if "source" in act:
+            where = ("acts", name, "source")
+            try:
+                acts[name] = _read_source(base / act["source"], act.get("exclude", []))
+            except _Unusable as exc:
+                problems.append(source.diagnostic(where, "BS211", str(exc), exc.hint))
+    for name, stage in sorted(data.get("stages", {}).items()):
+        if "lock" in stage:
+            path = base / stage["lock"]
+            try:
+                locks[name] = _read_regular(path)
+            except _Unusable as exc:
+                problems.append(source.diagnostic(("stages", name, "lock"), "BS212", str(exc), exc.hint))
+    if problems:
+        raise InputError(problems)
+    return Gathered(acts, locks, tuple(inputs), stamp)
+
+
+def fingerprint(paths: list[str]) -> str:
+    """What the files a build read besides the production file look like now: every entry's path,
+    size, mtime and mode (links not followed). Any change, even a touch, means a rebuild."""
+    digest = hashlib.sha256()
+    for top in sorted(paths):
+        digest.update(f"{top}\0".encode())
+        walk = os.walk(top) if os.path.isdir(top) else iter([(top, [], [""])])
+        for current, dirs, names in walk:
+            dirs.sort()
+            for name in sorted(names + dirs):
+                path = os.path.join(current, name) if name else current
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    digest.update(f"{path}\0gone\0".encode())
+                    continue
+                digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_mode}\0".encode())
+    return digest.hexdigest()
+
+
+class _Unusable(Exception):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _read_regular(path: Path) -> bytes:
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise _Unusable(f"{path}: {exc.strerror}", "give a file that exists, relative to the production file") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _Unusable(f"{path} is not a regular file", "give the lock file itself")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _Unusable(f"{path}: {exc.strerror}", "make it readable by the user running backstage") from None
+
+
+def _read_source(root: Path, exclude: list[str]) -> SourceTree:
+    try:
+        info = os.stat(root)
+    except OSError as exc:
+        raise _Unusable(f"{root}: {exc.strerror}",
+                        "give the directory of the Act's code, relative to the production file") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise _Unusable(f"{root} is not a directory", "give the directory of the Act's code")
+    listed = _git_files(root)
+    candidates = listed if listed is not None else sorted(_walk(root))
+    import pathspec  # only builds that copy a source need it
+
+    excluded = pathspec.GitIgnoreSpec.from_lines([*ALWAYS_EXCLUDED, *exclude])
+    files: list[tuple[str, int, bytes]] = []
+    total = 0
+    real_root = root.resolve()
+    for rel in candidates:
+        if excluded.match_file(rel):
+            continue
+        path = root / rel
+        try:
+            entry = os.lstat(path)
+        except FileNotFoundError:
+            continue  # tracked by git but deleted in the work tree
+        except OSError as exc:
+            raise _Unusable(f"{path}: {exc.strerror}", "make the Act's files readable") from None
+        if stat.S_ISLNK(entry.st_mode):
+            target = Path(os.path.realpath(path))
+            if not target.is_relative_to(real_root):
+                raise _Unusable(f"{rel} is a symlink leaving the source (to {os.readlink(path)})",
+                                "copy the file into the source, or add it to `exclude`")
+            entry = os.stat(path)
+        if stat.S_ISDIR(entry.st_mode):
+            raise _Unusable(f"{rel} is a symlink to a directory",
+                            "the artifact holds files only: replace the link by the directory, or `exclude` it")
+        if not stat.S_ISREG(entry.st_mode):
+            raise _Unusable(f"{rel} is not a regular file (a FIFO, socket or device)", "remove it, or `exclude` it")
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise _Unusable(f"{path}: {exc.strerror}", "make the Act's files readable") from None
+        total += len(content)
+        if len(files) >= MAX_FILES or total > MAX_BYTES:
+            raise _Unusable(f"more than {MAX_FILES} files or {MAX_BYTES} bytes", "`exclude` what the app does not need")
+        files.append((rel, 0o555 if entry.st_mode & 0o111 else 0o444, content))
+    if not files:
+        raise _Unusable(f"{root} holds no file to copy", "check `source` and `exclude`")
+    return SourceTree(tuple(sorted(files)))
+
+
+def _walk(root: Path) -> Iterator[str]:
+    """Every non-directory entry under root, relative, not descending into symlinked directories."""
+    for current, dirs, names in os.walk(root):
+        here = Path(current)
+        for name in dirs:
+            if (here / name).is_symlink():
+                names.append(name)  # reported as a link to a directory, never followed
+        for name in names:
+            yield str((here / name).relative_to(root))
+
+
+def _git_files(root: Path) -> list[str] | None:
+    """The files of root that git does not ignore (tracked and untracked), if root is in a work tree."""
+    try:
+        inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+                                capture_output=True, text=True, check=False, timeout=60)
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return None
+        done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
+                               "--exclude-standard", "--", "."], capture_output=True, check=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sorted({p for p in done.stdout.decode("utf-8", "surrogateescape").split("\0") if p})

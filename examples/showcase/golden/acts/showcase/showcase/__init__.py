@@ -1,0 +1,1 @@
+"""showcase: a tiny real Django project that backstage's end-to-end tests deploy."""
