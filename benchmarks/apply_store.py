@@ -42,19 +42,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.dont_write_bytecode = True
 
+from test_release import SETTINGS_TAIL  # noqa: E402  (the same project settings as the end-to-end test)
+
 PROJECT = "club"  # the Django project's name (not `site`, which would shadow the stdlib module)
 HOST = "club.test"
 DJANGO = "Django>=5.2,<6"
-
-SETTINGS_TAIL = """
-# --- added by the benchmark, as a user deploying with backstage would ---
-import os as _os
-ALLOWED_HOSTS = _os.environ.get("BACKSTAGE_HOSTS", "").split()
-STATIC_ROOT = _os.environ.get("BACKSTAGE_STATIC_ROOT")
-STATICFILES_DIRS = [BASE_DIR / "assets"]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": _os.environ["CLUB_DB"]}}
-DEBUG = False
-"""
 
 URLS = """
 from django.http import HttpResponse

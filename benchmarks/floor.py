@@ -75,6 +75,8 @@ def vassal_contexts(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
             "stage": {"name": sess["stage"], "virtualenv": stage["virtualenv"], "uid": stage.get("uid"),
                       "gid": stage.get("gid")},
             "module": f"{module}:{func or 'application'}",
+            "code": act["path"],
+            "environment": stage["virtualenv"],
             "socket_owner": stage.get("uid") or nginx_user,
             "nginx_user": nginx_user,
             "env": env,

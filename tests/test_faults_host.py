@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.server
-import json
 import os
 import shutil
 import socket
@@ -21,7 +20,8 @@ import pytest
 from backstage.agent.outcomes import SIGNAL_AT_ENV
 from backstage.cli.sandbox import LOCALHOST, find_components
 from backstage.contract import CRASH_POINT_ENV
-from harness import SHOWCASE, FaultStage, TestSandbox, backstage, free_port, no_traceback, production_text, stopped
+from harness import FaultStage, TestSandbox, backstage, free_port, no_traceback, production_text, stopped
+from test_apply import with_port_sess
 
 
 @pytest.fixture(scope="module")
@@ -156,34 +156,12 @@ def impostor(port: int) -> Iterator[None]:
         server.server_close()
 
 
-def port_sess(port: int) -> str:
-    return f"""
-[acts.svc]
-wsgi = "showcase.wsgi:application"
-path = {json.dumps(str(SHOWCASE))}
-settings = "showcase.settings"
-health = "/healthz"
-env = {{ SHOWCASE_VERSION = "svc-1" }}
-
-[sesses.svc]
-act = "svc"
-stage = "main"
-protocol = "http"
-port = {port}
-
-[gigs.svc]
-venue = "quiet"
-sess = "svc"
-path = "/svc/"
-"""
-
-
 def test_a_port_another_process_holds_is_refused_before_anything_changes(stage: FaultStage) -> None:
     """Before, readiness took the other process's answers for the new vassal's, and nginx routed to it."""
     start, target = stage.pair()
     port = free_port()
     key = f"{target}-svc-{port}"
-    stage.build(key, target, extra=port_sess(port))
+    stage.build(key, target, extra=with_port_sess("svc-1", port))
     before = snapshot(stage)
     with impostor(port):
         run = stage.apply(key)
