@@ -1,8 +1,9 @@
 """Handing an artifact to its own host agent: verify it first (a tampered install.sh must never run),
 find a production's state on this host, and run the agent of the right generation.
 
-The host-side work is the agent's (backstage.agent, shipped in every artifact as agent.pyz); this
-module imports none of it, only the contract both sides share.
+The host-side work is the artifact's own agent (agent.pyz). Before running it as root, this module
+checks, with the installed backstage's own code, what that agent will trust: the artifact (the
+contract's verify) and state_dir (agent/trust.py).
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ class HandoffError(Exception):
     """The artifact or the production's state cannot be handed to an agent; nothing was changed."""
 
 
-def verify(artifact: Path) -> None:
-    try:
-        contract.verify(artifact)
-    except contract.ContractError as refusal:
-        raise HandoffError(f"refusing to apply: {refusal}") from None
+def _cannot_copy(parent: Path, exc: OSError) -> HandoffError:
+    return HandoffError(f"cannot copy the artifact into {parent}: {exc.strerror}; free space there (or make it "
+                        "writable) and apply again; nothing was changed")
 
 
 @contextlib.contextmanager
@@ -55,8 +54,7 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
     try:
         stage = Path(tempfile.mkdtemp(prefix=".apply-", dir=parent))
     except OSError as exc:
-        raise HandoffError(f"cannot copy the artifact into {parent}: {exc.strerror}; free space there (or make "
-                           "it writable) and apply again; nothing was changed") from None
+        raise _cannot_copy(parent, exc) from None
     try:
         copy = stage / artifact.name
         try:
@@ -66,8 +64,7 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
         except contract.ContractError as refusal:
             raise HandoffError(f"refusing to apply: {refusal}") from None
         except OSError as exc:
-            raise HandoffError(f"cannot copy the artifact into {parent}: {exc.strerror}; free space there (or "
-                               "make it writable) and apply again; nothing was changed") from None
+            raise _cannot_copy(parent, exc) from None
         hook = os.environ.get(contract.AFTER_COPY_ENV)
         if hook:  # tests change the original here, after its copy was verified
             subprocess.run(["sh", "-c", hook, "sh", str(artifact)], check=True)
