@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from backstage.agent import emperor, nginx, procfs
-from backstage.cli.sandbox import LOCALHOST, Sandbox, free_ports
+from backstage.cli.sandbox import LOCALHOST, Sandbox, find_components, free_ports
 
 __all__ = ["SHOWCASE", "FaultStage", "Response", "Run", "TestSandbox", "backstage", "backstage_started", "expected",
            "finished", "free_port", "http_get", "limited", "no_traceback", "production_text", "stopped",
@@ -399,3 +399,13 @@ def stopped(pid: int) -> Iterator[None]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+def fault_stage(tmp: Path) -> Iterator[FaultStage]:
+    """A sandbox under `tmp` with generations "a" and "b" built (not applied), for a module's fault tests."""
+    find_components()
+    with TestSandbox(tmp / "sandbox") as sandbox:
+        stage = FaultStage(sandbox, tmp)
+        stage.build("a", "a")
+        stage.build("b", "b")
+        yield stage

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 from backstage.agent.outcomes import SIGNAL_AT_ENV
-from backstage.cli.sandbox import find_components
 from backstage.contract import CRASH_POINT_ENV
-from harness import FaultStage, TestSandbox, backstage, no_traceback
+from harness import FaultStage, backstage, fault_stage, no_traceback
 
 # Steps of a switch, in order; a signal before the point of no return undoes it, one after lets it finish.
 BEFORE = ["verified", "installed", "vassals-linked", "waiting-ready", "vassals-ready", "current-switched",
@@ -30,13 +29,7 @@ CASES = [(point, sig, WHOM[(i + j) % 3]) for i, point in enumerate(BEFORE + AFTE
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStage]:
-    find_components()
-    tmp = tmp_path_factory.mktemp("faults")
-    with TestSandbox(tmp / "sandbox") as sandbox:
-        stage = FaultStage(sandbox, tmp)
-        stage.build("a", "a")
-        stage.build("b", "b")
-        yield stage
+    yield from fault_stage(tmp_path_factory.mktemp("faults"))
 
 
 def artifact_for(stage: FaultStage, point: str, target: str) -> str:

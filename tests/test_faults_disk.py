@@ -20,7 +20,17 @@ import pytest
 from backstage.agent.outcomes import SIGNAL_AT_ENV
 from backstage.cli.sandbox import find_components
 from backstage.contract import CRASH_POINT_ENV
-from harness import SHOWCASE, FaultStage, Run, TestSandbox, finished, limited, no_traceback, stopped_agent, tmpfs
+from harness import (
+    SHOWCASE,
+    FaultStage,
+    Run,
+    fault_stage,
+    finished,
+    limited,
+    no_traceback,
+    stopped_agent,
+    tmpfs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +40,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStage]:
     with contextlib.ExitStack() as mounts:
         for directory in (tmp / "state", tmp / "log", tmp / "sandbox" / "vassals"):
             mounts.enter_context(tmpfs(directory))
-        with TestSandbox(tmp / "sandbox") as sandbox:
-            stage = FaultStage(sandbox, tmp)
-            stage.build("a", "a")
-            stage.build("b", "b")
-            yield stage
+        yield from fault_stage(tmp)
 
 
 def apply_filling(stage: FaultStage, key: str, point: str, directory: Path) -> Run:

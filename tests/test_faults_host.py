@@ -18,21 +18,15 @@ from collections.abc import Iterator
 
 import pytest
 from backstage.agent.outcomes import SIGNAL_AT_ENV
-from backstage.cli.sandbox import LOCALHOST, find_components
+from backstage.cli.sandbox import LOCALHOST
 from backstage.contract import CRASH_POINT_ENV
-from harness import FaultStage, TestSandbox, backstage, free_port, no_traceback, production_text, stopped
+from harness import FaultStage, backstage, fault_stage, free_port, no_traceback, production_text, stopped
 from test_apply import with_port_sess
 
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStage]:
-    find_components()
-    tmp = tmp_path_factory.mktemp("hostfaults")
-    with TestSandbox(tmp / "sandbox") as sandbox:
-        stage = FaultStage(sandbox, tmp)
-        stage.build("a", "a")
-        stage.build("b", "b")
-        yield stage
+    yield from fault_stage(tmp_path_factory.mktemp("hostfaults"))
 
 
 def snapshot(stage: FaultStage) -> tuple[object, ...]:
