@@ -488,11 +488,13 @@ def check_tree(artifact: Path, found: Tree, name: str) -> Manifest:
         raise ContractError(f"{artifact}: {exc}") from None
 
 
-def copy_verified(artifact: Path, dest: Path) -> Manifest:
+def copy_verified(artifact: Path, dest: Path, found: Tree | None = None) -> Manifest:
     """Copy a verified artifact to `dest` (which must not exist; its parent must be trusted): the bytes
-    written are the bytes verified, read once, so a file changed in the original afterwards changes
-    nothing. Directory modes are normalised to 0555; file modes are the manifest's."""
-    found = read_tree(artifact)
+    written are the bytes verified, read once (`found`, when the caller has read the tree already), so
+    a file changed in the original afterwards changes nothing. Directory modes are normalised to 0555;
+    file modes are the manifest's."""
+    if found is None:
+        found = read_tree(artifact)
     manifest = check_tree(artifact, found, artifact.name)
     os.mkdir(dest, 0o700)
     write_tree(dest, ((rel, mode, content) for rel, (mode, content) in sorted(found.items())))

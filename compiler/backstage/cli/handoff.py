@@ -41,7 +41,10 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
     original's apply.json is only read to find state_dir; the copy's must name the same one.
     """
     try:
-        contract.verify(artifact)  # first, so a refused artifact leaves the host as it was
+        # Read and verified first, once, so a refused artifact leaves the host as it was; these very
+        # bytes are what is copied below.
+        found = contract.read_tree(artifact)
+        contract.check_tree(artifact, found, artifact.name)
         state = Path(contract.read_plan(artifact).state_dir)
         if dry_run:
             trust.directory(state, "state_dir", create=False)
@@ -58,7 +61,7 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
     try:
         copy = stage / artifact.name
         try:
-            contract.copy_verified(artifact, copy)
+            contract.copy_verified(artifact, copy, found)
             if contract.read_plan(copy).state_dir != str(state):
                 raise contract.ContractError(f"{artifact}: apply.json changed while it was copied")
         except contract.ContractError as refusal:
