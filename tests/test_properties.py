@@ -17,6 +17,7 @@ Profiles (registered in conftest.py): "ci" (2,000 examples, the default) and "th
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import time
@@ -102,6 +103,7 @@ class Vassals:
     files: dict[str, str] = field(default_factory=dict)
     binds: dict[str, str] = field(default_factory=dict)
     environments: dict[str, str] = field(default_factory=dict)  # the `virtualenv` each vassal names
+    entries: dict[str, str] = field(default_factory=dict)  # the `wsgi-file` each vassal loads
     options: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
@@ -137,6 +139,10 @@ def _vassals(data: Data, files: dict[str, str]) -> Vassals:
             store = re.escape(_slashes(f"{_dirs(data)['state_dir']}/store/stage-{stage_name}-")) + "[0-9a-f]{32}"
             assert re.fullmatch(store, _slashes(environments[0])), f"{stem}: virtualenv {environments[0]!r}"
         found.environments[sess_name] = environments[0]
+        entries = [v for k, v in pairs if k == "wsgi-file"]
+        entry = re.escape(_slashes(f"{_dirs(data)['state_dir']}/store/entry-{sess_name}-")) + "[0-9a-f]{32}/wsgi\\.py"
+        assert len(entries) == 1 and re.fullmatch(entry, _slashes(entries[0])), f"{stem}: wsgi-file {entries}"
+        found.entries[sess_name] = entries[0]
         found.files[sess_name] = stem
         found.binds[sess_name] = bind
         found.options[sess_name] = pairs
@@ -168,16 +174,26 @@ def expected_ini(data: Data, sess_name: str, vassals: Vassals) -> list[tuple[str
     nginx_user = host.get("nginx_user", "www-data")
     options: dict[str, bool | int | str] = {**stage.get("uwsgi", {}), **sess.get("uwsgi", {})}
     counts = {key: sess.get(key, options.pop(key, 1)) for key in ("processes", "threads")}
-    wsgi = act["wsgi"] if ":" in act["wsgi"] else act["wsgi"] + ":application"
     out = [("strict", "true"), ("master", "true"), ("processes", str(counts["processes"])),
            ("threads", str(counts["threads"])),
            ("virtualenv", stage.get("virtualenv", vassals.environments[sess_name])),
            ("chdir", act["path"]),
-           ("pythonpath", act["path"]), ("module", wsgi),
+           ("pythonpath", act["path"]), ("wsgi-file", vassals.entries[sess_name]),
            ("http-socket" if sess.get("protocol") == "http" else "socket", vassals.binds[sess_name])]
     if "port" not in sess:
         out += [("chmod-socket", "660"), ("chown-socket", f"{stage.get('uid', nginx_user)}:{nginx_user}")]
     out += [("listen", "1024"), ("vacuum", "true"), ("die-on-term", "true"), ("need-app", "true")]
+    out.append(("logto", _slashes(f"{_dirs(data)['log_dir']}/{sess_name}.log")))
+    out += [(key, stage[key]) for key in ("uid", "gid") if key in stage]
+    out += [(key, _scalar(value)) for key, value in options.items()]
+    return out
+
+
+def expected_environment(data: Data, sess_name: str, vassals: Vassals) -> Data:
+    """environment.json of a Sess's entry point: the Act's env and backstage's variables, exactly."""
+    sess = data["sesses"][sess_name]
+    act = data["acts"][sess["act"]]
+    wsgi = act["wsgi"] if ":" in act["wsgi"] else act["wsgi"] + ":application"
     env = [(k, v) for k, v in act.get("env", {}).items()]
     if "settings" in act:
         env.append(("DJANGO_SETTINGS_MODULE", act["settings"]))
@@ -192,11 +208,7 @@ def expected_ini(data: Data, sess_name: str, vassals: Vassals) -> list[tuple[str
         prefix = "BACKSTAGE_" + needed.upper().replace("-", "_")
         env.append((f"{prefix}_ADDRESS", _address(data["sesses"][needed], vassals.binds[needed])))
         env.append((f"{prefix}_PROTOCOL", data["sesses"][needed].get("protocol", "uwsgi")))
-    out += [("env", f"{k}={v}") for k, v in env]
-    out.append(("logto", _slashes(f"{_dirs(data)['log_dir']}/{sess_name}.log")))
-    out += [(key, stage[key]) for key in ("uid", "gid") if key in stage]
-    out += [(key, _scalar(value)) for key, value in options.items()]
-    return out
+    return {"app": wsgi, "env": dict(env), "secrets": act.get("secrets", {})}
 
 
 def canonical_ini(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -204,10 +216,6 @@ def canonical_ini(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     for key, value in pairs:
         if key == "logto":
             value = _slashes(value)
-        if key == "env" and value.startswith("BACKSTAGE_HOSTS="):
-            words = value.split("=", 1)[1].split(" ")
-            assert len(words) == len(set(words)), f"BACKSTAGE_HOSTS repeats a host: {value!r}"
-            value = "BACKSTAGE_HOSTS=" + " ".join(sorted(words))
         out.append((key, value))
     return sorted(out)
 
@@ -275,6 +283,13 @@ def check_outputs(data: Data, files: dict[str, str]) -> None:
         want = canonical_ini(expected_ini(data, sess_name, vassals))
         got = canonical_ini(vassals.options[sess_name])
         assert got == want, _diff(f"vassal of sess {sess_name!r}", want, got)
+        environment = json.loads(files[f"entries/{sess_name}/environment.json"])
+        hosts = environment["env"].get("BACKSTAGE_HOSTS")
+        if hosts is not None:
+            words = hosts.split(" ")
+            assert len(words) == len(set(words)), f"BACKSTAGE_HOSTS repeats a host: {hosts!r}"
+            environment["env"]["BACKSTAGE_HOSTS"] = " ".join(sorted(words))
+        assert environment == expected_environment(data, sess_name, vassals), f"environment of {sess_name!r}"
 
     venues: Data = data.get("venues", {})
     nginx_files = {p for p in files if p.startswith("nginx/")}

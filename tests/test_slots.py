@@ -4,6 +4,7 @@ to exactly the declared directives and options, or rendering raises UnsafeValue.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable
 from types import MappingProxyType
@@ -31,7 +32,7 @@ def base(tls: bool = False) -> Production:
         stages=MappingProxyType({"main": Stage("main", "/srv/venv", (), None, None, None, None,
                                                MappingProxyType({}))}),
         acts=MappingProxyType({"web": Act("web", "web.wsgi", "application", "/srv/web", None, None,
-                                          (("THEME", "dark"),), (("/static/", "/srv/web/static/"),), "/",
+                                          (("THEME", "dark"),), (), None, (("/static/", "/srv/web/static/"),), "/",
                                           None)}),
         sesses=MappingProxyType({"web": Sess("web", "web", "main", 1, 1, (), (("harakiri", 30),), "uwsgi", None)}),
         venues=MappingProxyType({"www": Venue("www", "example.org", ("www.example.org",), "80",
@@ -68,6 +69,7 @@ SLOTS: dict[str, Slot] = {
     "act.module": lambda v: replace(base(), "acts", "web", module=v),
     "act.env.name": lambda v: replace(base(), "acts", "web", env=((v, "x"),)),
     "act.env.value": lambda v: replace(base(), "acts", "web", env=(("THEME", v),)),
+    "act.secret.name": lambda v: replace(base(), "acts", "web", secrets=((v, "/etc/web/key"),)),
     "act.settings": lambda v: replace(base(), "acts", "web", settings=v),
     "stage.virtualenv": lambda v: replace(base(), "stages", "main", virtualenv=v),
     "stage.uid": lambda v: replace(base(), "stages", "main", uid=v),
@@ -113,6 +115,17 @@ def check_nginx(text: str, production: Production) -> None:
     assert names <= {"listen", "server_name", "server_tokens", "ssl_certificate", "ssl_certificate_key", "location"}
 
 
+def check_environment(document: bytes, production: Production) -> None:
+    """environment.json holds exactly the declared variables and app, and is plain ASCII."""
+    act = production.acts["web"]
+    loaded = json.loads(document.decode("ascii"))
+    hosts = " ".join(sorted(production.venues["www"].hosts))
+    expected = dict(act.env) | ({"DJANGO_SETTINGS_MODULE": act.settings} if act.settings else {}) | {
+        "BACKSTAGE_HOSTS": hosts}
+    assert loaded == {"app": f"{act.module}:{act.callable}", "env": expected, "secrets": dict(act.secrets)}
+    assert all(ENV_NAME.fullmatch(name) for name in loaded["env"])
+
+
 def check_ini(text: str, production: Production) -> None:
     options = parse_uwsgi_ini(text)
     sess, act = production.sesses["web"], production.acts["web"]
@@ -123,20 +136,15 @@ def check_ini(text: str, production: Production) -> None:
         got.setdefault(option.key, []).append(option.value)
     assert got["virtualenv"] == [stage.virtualenv] if stage.virtualenv else len(got["virtualenv"]) == 1
     assert got["chdir"] == [act.path] and got["pythonpath"] == [act.path]
-    assert got["module"] == [f"{act.module}:{act.callable}"]
-    env = [(act.env + ((("DJANGO_SETTINGS_MODULE", act.settings),) if act.settings else ()))]
-    hosts = " ".join(sorted(production.venues["www"].hosts))
-    expected_env = [f"{k}={v}" for k, v in env[0]] + [f"BACKSTAGE_HOSTS={hosts}"]
-    assert sorted(got["env"]) == sorted(expected_env)
-    # uWSGI splits an env value at its first '=': the name must be the declared one.
-    assert sorted(tuple(e.split("=", 1)) for e in got["env"]) == sorted(tuple(e.split("=", 1)) for e in expected_env)
-    assert all(ENV_NAME.fullmatch(e.split("=", 1)[0]) for e in got["env"])
+    (entry,) = got["wsgi-file"]
+    assert re.fullmatch(r"/var/lib/backstage/club/store/entry-web-[0-9a-f]{32}/wsgi\.py", entry), entry
+    assert "env" not in got  # every variable goes through the entry point's environment.json
     assert got["logto"] == [f"{production.log_dir.rstrip('/')}/web.log"]
     assert got.get("uid", []) == ([stage.uid] if stage.uid else [])
     for key, value in sess.uwsgi:
         assert got[key] == [str(value)]
-    builtin = {"strict", "master", "processes", "threads", "virtualenv", "chdir", "pythonpath", "module", "socket",
-               "chmod-socket", "chown-socket", "listen", "vacuum", "die-on-term", "need-app", "env", "logto", "uid"}
+    builtin = {"strict", "master", "processes", "threads", "virtualenv", "chdir", "pythonpath", "wsgi-file", "socket",
+               "chmod-socket", "chown-socket", "listen", "vacuum", "die-on-term", "need-app", "logto", "uid"}
     assert set(got) == builtin - ({"uid"} - set(got)) | {k for k, _ in sess.uwsgi}
     user = production.host.nginx_user
     assert got["chown-socket"] == [f"{stage.uid or user}:{user}"]
@@ -157,6 +165,7 @@ def test_every_slot_renders_exactly_what_was_declared_or_raises(slot: str) -> No
             check_nginx(files["nginx/www.conf"].content.decode(), production)
             (ini,) = [f for p, f in files.items() if p.startswith("uwsgi/")]
             check_ini(ini.content.decode(), production)
+            check_environment(files["entries/web/environment.json"].content, production)
         except (AssertionError, ParseError) as failure:
             raise AssertionError(f"{slot} = {value!r} rendered something else than declared: {failure}") from None
         for path, f in files.items():

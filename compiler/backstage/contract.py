@@ -9,7 +9,7 @@ An artifact is a directory named `<production>-<32 hex of its tree hash>` holdin
     apply.json      Plan: what the agent needs to switch, probe and check
     agent.pyz       the host agent (a zipapp of backstage.agent and this module)
     install.sh      runs agent.pyz with a Python 3 the host has
-    include.conf, nginx/*.conf, uwsgi/*.ini, stages/*/requirements.txt
+    include.conf, nginx/*.conf, uwsgi/*.ini, stages/*/requirements.txt, acts/<act>/..., entries/<sess>/...
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 from .files import write_tree
 
-FORMAT = 2  # 2: Act sources, built Stages and release steps in the plan; [host].uwsgi
+FORMAT = 2  # 2: Act sources, built Stages, release steps, entry points, secrets and data in the plan; [host].uwsgi
 MANIFEST = "manifest.json"
 PLAN = "apply.json"
 AGENT = "agent.pyz"
@@ -69,6 +69,7 @@ class VassalPlan:
     address: str
     health_host: str
     health_path: str
+    restart: int = 0  # how often `apply --restart` started it afresh (part of its text, so of its name)
 
     @property
     def file(self) -> str:
@@ -105,6 +106,39 @@ class ActPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryPlan:
+    """A Sess's WSGI entry point: `wsgi.py` and the `environment.json` it loads (env values, the files
+    secrets are read from, the app to import), the artifact's directory `files`, installed as store/`store`.
+    Every vassal loads its app through it, so uWSGI never parses an environment value."""
+
+    sess: str
+    store: str  # "entry-<sess>-<32 hex>"
+    files: str  # "entries/<sess>"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretPlan:
+    """An environment variable of `sess` read from the host's file `path` when its vassal starts (and for
+    its release steps). `uid`/`gid`: the Stage's ("" for root), who alone besides root may read it."""
+
+    sess: str
+    name: str
+    path: str
+    uid: str
+    gid: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlan:
+    """An Act's persistent directory: created when missing, owned by `uid`/`gid` ("" for root), 0750."""
+
+    act: str
+    path: str
+    uid: str
+    gid: str
+
+
+@dataclass(frozen=True, slots=True)
 class StagePlan:
     """A Stage backstage builds: a virtualenv made at store/`store` from the artifact's `requirements`.
 
@@ -137,6 +171,7 @@ class StepPlan:
     uid: str
     gid: str
     static: str  # "static-<act>-<32 hex>" for collectstatic, else ""
+    secrets: tuple[tuple[str, str], ...] = ()  # (variable, file on the host), read by the agent when it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +189,9 @@ class Plan:
     acts: tuple[ActPlan, ...] = ()
     stages: tuple[StagePlan, ...] = ()
     steps: tuple[StepPlan, ...] = ()
+    entries: tuple[EntryPlan, ...] = ()
+    secrets: tuple[SecretPlan, ...] = ()
+    data: tuple[DataPlan, ...] = ()
 
     @property
     def store_dir(self) -> str:
@@ -161,7 +199,7 @@ class Plan:
 
     def store_paths(self) -> set[str]:
         """Every store directory name this generation refers to."""
-        return ({a.store for a in self.acts} | {s.store for s in self.stages}
+        return ({a.store for a in self.acts} | {s.store for s in self.stages} | {e.store for e in self.entries}
                 | {step.static for step in self.steps if step.static})
 
     def to_json(self) -> bytes:
@@ -212,6 +250,9 @@ def _plan(value: Any) -> Plan:
             acts=tuple(_fields(ActPlan, item) for item in _list(data.get("acts", []))),
             stages=tuple(_fields(StagePlan, item) for item in _list(data.get("stages", []))),
             steps=tuple(_step(item) for item in _list(data.get("steps", []))),
+            entries=tuple(_fields(EntryPlan, item) for item in _list(data.get("entries", []))),
+            secrets=tuple(_fields(SecretPlan, item) for item in _list(data.get("secrets", []))),
+            data=tuple(_fields(DataPlan, item) for item in _list(data.get("data", []))),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ContractError(f"{PLAN} is not a backstage plan: {exc}") from None
@@ -237,20 +278,29 @@ def _step(value: Any) -> StepPlan:
     kind = _str(data["kind"])
     if kind not in ("collectstatic", "migrate", "release"):
         raise ValueError(f"unknown step kind {kind!r}")
-    env = tuple((_str(pair[0]), _str(pair[1])) for pair in (_list(p) for p in _list(data["env"])) if len(pair) == 2)
-    if len(env) != len(data["env"]):
-        raise ValueError("env holds an item that is not a [name, value] pair")
     return StepPlan(_str(data["act"]), _str(data["sess"]), kind,  # type: ignore[arg-type]
-                    tuple(_str(a) for a in _list(data["argv"])), _str(data["cwd"]), env, _str(data["uid"]),
-                    _str(data["gid"]), _str(data["static"]))
+                    tuple(_str(a) for a in _list(data["argv"])), _str(data["cwd"]), _pairs(data["env"], "env"),
+                    _str(data["uid"]), _str(data["gid"]), _str(data["static"]),
+                    _pairs(data.get("secrets", []), "secrets"))
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, str], ...]:
+    items = _list(value)
+    pairs = tuple((_str(pair[0]), _str(pair[1])) for pair in (_list(p) for p in items) if len(pair) == 2)
+    if len(pairs) != len(items):
+        raise ValueError(f"{what} holds an item that is not a [name, value] pair")
+    return pairs
 
 
 def _vassal(data: Mapping[str, Any]) -> VassalPlan:
     protocol = _str(data["protocol"])
     if protocol not in ("uwsgi", "http"):
         raise ValueError(f"unknown protocol {protocol!r}")
+    restart = data.get("restart", 0)
+    if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
+        raise TypeError("restart is not a count")
     return VassalPlan(_str(data["sess"]), _str(data["stem"]), protocol,  # type: ignore[arg-type]
-                      _str(data["address"]), _str(data["health_host"]), _str(data["health_path"]))
+                      _str(data["address"]), _str(data["health_host"]), _str(data["health_path"]), restart)
 
 
 def _gig(data: Mapping[str, Any]) -> GigPlan:

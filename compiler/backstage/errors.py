@@ -53,6 +53,8 @@ CODES: dict[str, str] = {
     "BS211": "an Act's source cannot be used",
     "BS212": "a Stage's lock file cannot be read",
     "BS213": "a Django release step does not fit its Act",
+    "BS214": "a variable is given in both `env` and `secrets`",
+    "BS215": "an Act's data directory cannot be used",
 }
 
 

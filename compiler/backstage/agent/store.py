@@ -1,6 +1,7 @@
 """The store: immutable, content-addressed directories under state_dir/store/ that generations refer to.
 
     act-<act>-<hash>       an Act's code, copied from the generation's acts/<act>/
+    entry-<sess>-<hash>    a Sess's WSGI entry point and environment, copied from entries/<sess>/
     stage-<stage>-<hash>   a virtualenv built from the generation's stages/<stage>/requirements.txt
     static-<act>-<hash>    what the Act's collectstatic wrote
 
@@ -48,10 +49,10 @@ from ..contract import (
     read_plan,
 )
 from ..files import remove_tree
-from . import procfs, trust
+from . import environment, procfs, trust
 from .outcomes import Failed, Refused, crash_point, say
 
-KINDS = ("act", "stage", "static")
+KINDS = ("act", "entry", "stage", "static")
 TMP = ".tmp-"  # every temporary entry of the store starts so; collect sweeps them
 TAIL = 15  # lines of an installer's or a step's output a failure quotes
 BUILD_TIMEOUT = 1800.0  # seconds a Stage's installer may take
@@ -81,17 +82,21 @@ def prepare(plan: Plan, generation: Path, log: Callable[[str], None] = say, *, u
     Failed: an Act, Stage or step that could not be made or run; whatever was half made is removed,
     store paths completed before stay (they are correct, and a later apply reuses them).
     """
-    if not (plan.acts or plan.stages or plan.steps):
+    if not (plan.acts or plan.stages or plan.steps or plan.entries or plan.data):
         return
     _check_plan(plan, generation)
     store = Path(plan.store_dir)
     pythons = _check_interpreters(plan, store)  # before anything is built
     trust.subdirectory(Path(plan.state_dir), STORE, "state_dir/store")
     for act in plan.acts:
-        _install_act(store, act.name, act.store, generation / act.files, log)
+        _install_tree(store, f"act {act.name}", act.store, generation / act.files, log)
+    for entry in plan.entries:
+        _install_tree(store, f"the entry point of sess {entry.sess}", entry.store, generation / entry.files, log)
     builder = (find_uv() if uv == "" else uv) or None
     for stage in plan.stages:
         _build_stage(store, stage, generation / stage.requirements, pythons[stage.name], builder, log)
+    for made in environment.make_data(plan):
+        log(f"data:  create  {made}")
     for step in plan.steps:
         if step.kind == "collectstatic":
             _collectstatic(store, step, step_timeout, log)
@@ -124,6 +129,8 @@ def _check_plan(plan: Plan, generation: Path) -> None:
                                                                        _path_problem(a.files)) if why]
     problems += [f"stage {s.name}: {why}" for s in plan.stages for why in (_name_problem(s.store, "stage"),
                                                                           _path_problem(s.requirements)) if why]
+    problems += [f"the entry point of sess {e.sess}: {why}" for e in plan.entries
+                 for why in (_name_problem(e.store, "entry"), _path_problem(e.files)) if why]
     for step in plan.steps:
         if not step.argv:
             problems.append(f"{step.kind} step of {step.sess}: no command")
@@ -216,16 +223,17 @@ def _major_minor(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:2])
 
 
-# --------------------------------------------------------------------------------------------- acts
+# ------------------------------------------------------------------------------ acts and entry points
 
-def _install_act(store: Path, name: str, store_name: str, source: Path, log: Callable[[str], None]) -> None:
+def _install_tree(store: Path, what: str, store_name: str, source: Path, log: Callable[[str], None]) -> None:
+    """Copy an Act's code or a Sess's entry point from the generation into the store, unless it is there."""
     final = store / store_name
     if _present(final):
         log(f"store: keep    {store_name}")
         return
     tmp = _fresh(store, store_name)
     try:
-        _copy_tree(source, tmp, f"act {name}")
+        _copy_tree(source, tmp, what)
         _publish(tmp, final)
     except BaseException:
         _remove(tmp)
@@ -513,19 +521,22 @@ def _collectstatic(store: Path, step: StepPlan, timeout: float, log: Callable[[s
 
 def _run_step(step: StepPlan, env: Iterable[tuple[str, str]], timeout: float, log: Callable[[str], None],
               started: Callable[[], None] | None = None) -> None:
-    environment = dict(env)
-    environment.setdefault("PATH", DEFAULT_PATH)
+    variables = dict(env)
+    variables.update(environment.values(step.secrets))
+    variables.setdefault("PATH", DEFAULT_PATH)
     # Run as root, Python would write __pycache__/ into the Act's read-only store path (root ignores modes).
-    environment.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    variables.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     user, group, groups = _identity(step)
     command = shlex.join(step.argv)
     log(f"release: {step.kind} ({step.sess}): {command}")
-    done = _run(list(step.argv), cwd=Path(step.cwd), env=environment, timeout=timeout, user=user, group=group,
+    done = _run(list(step.argv), cwd=Path(step.cwd), env=variables, timeout=timeout, user=user, group=group,
                 extra_groups=groups, started=started)
     if done.code != 0:
         status = f"did not finish within {timeout:.0f} s" if done.timed_out else f"exited with status {done.code}"
         raise Failed(f"{step.kind} of Sess {step.sess} failed: {command} {status}; its output ends:\n"
                      f"{_tail(done.output)}")
+    if step.kind == "release" and done.output.strip():  # `check --deploy`'s warnings, say
+        log("\n".join(f"    {line.rstrip()}" for line in done.output.splitlines() if line.strip()))
 
 
 def _identity(step: StepPlan) -> tuple[int | None, int | None, list[int] | None]:

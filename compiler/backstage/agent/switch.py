@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..contract import ContractError, Plan, Timeouts, VassalPlan, read_plan, verify
 from ..files import link, remove_tree, unlink
-from . import emperor, nginx, procfs, store
+from . import applog, emperor, environment, nginx, procfs, store
 from .generations import return_target
 from .outcomes import SIGNALS, Failed, Interrupted, Refused, crash_point, out, say
 from .probes import gig_answers, vassal_answers
@@ -32,6 +32,7 @@ UWSGI = "uwsgi"  # an artifact's and a generation's directory of vassal files
 NGINX = "nginx"  # ... and of server files
 INCLUDE = "include.conf"  # the file the production's link in nginx_dir points at, through `current`
 STOP_WAIT = 10.0  # at most this long, after an undo, for the vassals it unlinked to exit
+HEALTHY = 400  # a readiness or Gig check passes below this status (a redirect is fine, a 400 or 404 is not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +175,12 @@ def sweep_sockets(state: State) -> None:
 
 # ------------------------------------------------------------------------------------------ probing
 
-def log_tail(plan: Plan, sess: str, lines: int = 20) -> str:
-    path = Path(plan.log_dir, f"{sess}.log")
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return f"(no log at {path}{_disk_trouble(Path(plan.log_dir))})"
-    return f"last lines of {path}:\n" + "\n".join("    " + line for line in text)
+def log_problem(plan: Plan, sess: str, offset: int) -> str:
+    """The app's own error lines since `offset`, or why its log could not be written."""
+    log = applog.path(plan, sess)
+    if not log.exists():
+        return f"(no log at {log}{_disk_trouble(Path(plan.log_dir))})"
+    return applog.excerpt(plan, sess, offset)
 
 
 def _disk_trouble(directory: Path) -> str:
@@ -228,8 +228,9 @@ def wrong_process(state: State, vassal: VassalPlan) -> str:
     return f"{vassal.address} is held by {_who(holders)}, not by its vassal" if holders else ""
 
 
-def wait_ready(state: State, vassals: Iterable[VassalPlan], timeout: float) -> None:
-    """Wait until every vassal answers a real request with a status below 500, from its own process."""
+def wait_ready(state: State, vassals: Iterable[VassalPlan], timeout: float, offsets: dict[str, int]) -> None:
+    """Wait until every vassal answers a real request with a status below 400, from its own process.
+    `offsets`: each Sess's log size before its vassals started (what a failure quotes comes after)."""
     plan = state.plan
     pending = {v.stem: v for v in vassals}
     deadline = time.monotonic() + timeout
@@ -238,13 +239,16 @@ def wait_ready(state: State, vassals: Iterable[VassalPlan], timeout: float) -> N
         for stem, vassal in list(pending.items()):
             try:
                 status = vassal_answers(vassal, timeout=2.0)
-                if status < 500:
+                if status < HEALTHY:
                     if wrong := wrong_process(state, vassal):
                         raise Failed(f"sess {vassal.sess} ({stem}) is not what answers at its address: {wrong}; "
                                      "free the port or give the Sess another `port`")
                     del pending[stem]
                     continue
-                last[stem] = f"answered {status}"
+                lines = applog.since(plan, vassal.sess, offsets.get(vassal.sess, 0)) if status == 400 else []
+                last[stem] = applog.status_problem(status, lines)
+                if applog.refused_host(lines) is not None:  # the settings refuse it: waiting changes nothing
+                    raise Failed(f"sess {vassal.sess} ({stem}) {last[stem]}")
             except (OSError, ValueError, IndexError) as exc:
                 last[stem] = f"{type(exc).__name__}: {exc}"
         if not pending:
@@ -256,18 +260,19 @@ def wait_ready(state: State, vassals: Iterable[VassalPlan], timeout: float) -> N
             also = f"; also waiting for sess {', '.join(v.sess for v in others)}" if others else ""
             raise Failed(f"sess {vassal.sess} ({vassal.stem}) did not answer within {timeout:.0f} s "
                          f"({last.get(vassal.stem, 'no answer')}){also}" + (f"; {trouble}" if trouble else "")
-                         + "\n" + log_tail(plan, vassal.sess))
+                         + "\n" + log_problem(plan, vassal.sess, offsets.get(vassal.sess, 0)))
         time.sleep(0.1)
 
 
-def check_gigs(plan: Plan, timeout: float) -> None:
-    """Wait until each Gig answers through nginx with a status below 500, each within `timeout`."""
+def check_gigs(plan: Plan, timeout: float, offsets: dict[str, int]) -> None:
+    """Wait until each Gig answers through nginx with a status below 400, each within `timeout`."""
     for gig in plan.gigs:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 status = gig_answers(gig)
-                problem = f"answered {status}" if status >= 500 else ""
+                problem = "" if status < HEALTHY else applog.status_problem(
+                    status, applog.since(plan, gig.sess, offsets.get(gig.sess, 0)) if status == 400 else [])
             except (OSError, ValueError, IndexError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if not problem:
@@ -275,7 +280,7 @@ def check_gigs(plan: Plan, timeout: float) -> None:
             crash_point("checking-gigs")
             if time.monotonic() >= deadline:
                 raise Failed(f"gig {gig.name} (http://{gig.host}{gig.url} via {gig.connect}) "
-                             f"{problem}\n" + log_tail(plan, gig.sess))
+                             f"{problem}\n" + log_problem(plan, gig.sess, offsets.get(gig.sess, 0)))
             time.sleep(0.2)
 
 
@@ -354,6 +359,7 @@ def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bo
 
 
 def refuse_unstartable(state: State, steps: Steps) -> None:
+    environment.check(state.plan)  # secrets and data directories
     clashes = port_clashes(state, steps)
     if clashes:
         raise Refused("a changed Sess keeps its TCP port, so old and new cannot run side by side: "
@@ -429,12 +435,13 @@ def go_live(state: State, generation: Path, steps: Steps, progress: Progress, ti
     """Steps 3 to 5 of the switch, recording each change in `progress` before making it."""
     plan = state.plan
     by_file = plan.vassal_files()
+    offsets = applog.offsets(plan)
     for name in steps.start:
         progress.started.append(name)
         link(generation / UWSGI / name, state.vassals_dir / name)
     wake_emperor(plan)
     crash_point("vassals-linked")
-    wait_ready(state, [by_file[n] for n in steps.start + steps.keep], timeouts.ready)
+    wait_ready(state, [by_file[n] for n in steps.start + steps.keep], timeouts.ready, offsets)
     crash_point("vassals-ready")
     progress.switched = True
     point(state.current, Path(GENERATIONS) / generation.name)
@@ -443,7 +450,7 @@ def go_live(state: State, generation: Path, steps: Steps, progress: Progress, ti
     nginx_test_host(plan)
     reload_nginx(plan, timeouts.drain, progress)
     crash_point("nginx-reloaded")
-    check_gigs(plan, timeouts.health)
+    check_gigs(plan, timeouts.health, offsets)
 
 
 def undone(state: State, name: str, progress: Progress, stop: BaseException, timeouts: Timeouts) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -82,10 +83,25 @@ def _control_characters(value: Any, path: KeyPath, source: Source) -> Iterator[D
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _control_characters(item, (*path, index), source)
+    elif isinstance(value, str) and _is_env_value(path):
+        if found := _LINE_BREAK.search(value):
+            yield source.diagnostic(path, "BS114", f"the value holds {_LINE_BREAK_NAMES[found[0]]}",
+                                    "an environment value is a single line; give a multi-line value "
+                                    "through `secrets` (a file)")
     elif isinstance(value, str) and (found := CONTROL.search(value)):
         char = found[0]
         yield source.diagnostic(path, "BS108", f"the value holds the control character U+{ord(char):04X}",
                                 "values are single lines of printable text")
+
+
+# An `env` value may hold any character but these: it reaches os.environ through a JSON file, never
+# through uWSGI's config parser (see targets/templates/entry.py.j2).
+_LINE_BREAK = re.compile("[\x00\n\r]")
+_LINE_BREAK_NAMES = {"\x00": "a NUL character", "\n": "a line break (\\n)", "\r": "a carriage return (\\r)"}
+
+
+def _is_env_value(path: KeyPath) -> bool:
+    return len(path) == 4 and path[0] == "acts" and path[2] == "env"
 
 
 def _schema_errors(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:
@@ -210,6 +226,8 @@ class _Rules:
         self.act_code()
         self.stage_kinds()
         self.release_steps()
+        self.secrets()
+        self.data_dirs()
         return self.found
 
     def report(self, path: KeyPath, code: str, message: str, hint: str = "") -> None:
@@ -281,11 +299,51 @@ class _Rules:
 
     def settings_twice(self) -> None:
         for name, act in self.acts.items():
-            env = act.get("env")
-            if "settings" in act and isinstance(env, dict) and "DJANGO_SETTINGS_MODULE" in env:
-                self.report(("acts", name, "env", "DJANGO_SETTINGS_MODULE"), "BS113",
-                            "DJANGO_SETTINGS_MODULE is already set by this Act's `settings`",
-                            "keep one of the two")
+            for table in ("env", "secrets"):
+                given = act.get(table)
+                if "settings" in act and isinstance(given, dict) and "DJANGO_SETTINGS_MODULE" in given:
+                    self.report(("acts", name, table, "DJANGO_SETTINGS_MODULE"), "BS113",
+                                "DJANGO_SETTINGS_MODULE is already set by this Act's `settings`",
+                                "keep one of the two")
+
+    def secrets(self) -> None:
+        for name, act in self.acts.items():
+            env, secrets = act.get("env"), act.get("secrets")
+            if not (isinstance(env, dict) and isinstance(secrets, dict)):
+                continue
+            for variable in sorted(set(env) & set(secrets)):
+                self.report(("acts", name, "secrets", variable), "BS214",
+                            f"{variable} is given in both `env` and `secrets`",
+                            "keep one: `secrets` for a value read from a file on the host, `env` for one "
+                            "written in the production")
+
+    def data_dirs(self) -> None:
+        production = self.data.get("production")
+        managed = [(key, production[key]) for key in ("state_dir", "run_dir", "log_dir")
+                   if isinstance(production, dict) and isinstance(production.get(key), str)]
+        for name, act in self.acts.items():
+            data = act.get("data")
+            if not isinstance(data, str):
+                continue
+            for key, directory in managed:
+                if _within(data, directory) or _within(directory, data):
+                    self.report(("acts", name, "data"), "BS215",
+                                f"`{data}` overlaps production.{key} `{directory}`, which backstage manages",
+                                "give the Act's data a directory of its own, such as /var/lib/<site>")
+            owners = {(s.get("uid"), s.get("gid")) for s in self._stages_of(name)}
+            if len(owners) > 1:
+                self.report(("acts", name, "data"), "BS215",
+                            "the Act plays on Stages with different `uid`/`gid`, so its data directory "
+                            "cannot belong to one of them",
+                            "give those Stages the same uid and gid, or split the Act")
+
+    def _stages_of(self, act: str) -> list[dict[str, Any]]:
+        stages = []
+        for sess in self.sesses.values():
+            stage = self.stages.get(str(sess.get("stage")))
+            if sess.get("act") == act and isinstance(stage, dict):
+                stages.append(stage)
+        return stages
 
     def locations(self) -> None:
         owners: dict[tuple[str, str], str] = {}
@@ -400,6 +458,10 @@ class _Rules:
                             f"{layout.MAX_SOCKET_PATH}",
                             "shorten production.run_dir, the production name or the Sess name, or give it a port")
 
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 # Keys a version 1 Stage could combine and version 2 cannot: the hint names what to drop.

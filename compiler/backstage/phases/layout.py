@@ -110,6 +110,11 @@ def _digest(*parts: bytes | str) -> str:
     return digest.hexdigest()[:STORE_HASH_LENGTH]
 
 
+def entry_store(sess: str, files: Iterable[tuple[str, int, bytes]]) -> str:
+    """A Sess's WSGI entry point and the environment it loads."""
+    return f"entry-{sess}-{contract.tree_hash(files)[:STORE_HASH_LENGTH]}"
+
+
 def stage_store(stage: str, requirements: bytes, exact: bool, python: str, uwsgi: str) -> str:
     """A built Stage: the requirements (or lock) bytes, how they are installed, the interpreter it is made
     from and the uWSGI whose Python it must match, and the platform."""

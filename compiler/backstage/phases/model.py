@@ -59,6 +59,8 @@ class Act:
     source: SourceTree | None
     settings: str | None
     env: tuple[tuple[str, str], ...]
+    secrets: tuple[tuple[str, str], ...]  # variable -> a file on the host, read when the vassal starts
+    data: str | None
     static: tuple[tuple[str, str], ...]
     health: str
     django: Django | None
@@ -169,6 +171,8 @@ def _act(name: str, raw: dict[str, Any], source: SourceTree | None) -> Act:
         source=source,
         settings=raw.get("settings"),
         env=tuple(sorted(raw.get("env", {}).items())),
+        secrets=tuple(sorted(raw.get("secrets", {}).items())),
+        data=raw.get("data"),
         static=tuple(sorted(raw.get("static", {}).items())),
         health=raw["health"],
         django=Django(django.get("collectstatic"), django["migrate"], django["manage"],

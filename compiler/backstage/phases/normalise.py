@@ -3,7 +3,8 @@
 The schema states the defaults (`default` on a property); a few depend on other values and are
 derived here, each in one function: the three directories (from the production's name), a Venue's
 `listen` (80, or 443 with `tls`), a built Stage's `python` (python3), and a Sess's `processes` and
-`threads` (its `[uwsgi]` table, else its Stage's, else the schema's default). check and model read
+`threads` (its `[uwsgi]` table, else its Stage's, else the schema's default), and a Django Act's
+`release` (Django's own `check --deploy` when the Act has `settings`). check and model read
 the result and state no default.
 
 The data may still be invalid here: a default is only filled in where its table is a table, and a
@@ -47,6 +48,7 @@ def normalise(loaded: Loaded) -> Normalised:
                     entry[key] = value
                     filled.add((*path, key))
     filled |= set(_schema_defaults(data, schema.inlined(), ()))
+    filled |= set(_deploy_check(data))
     return Normalised(loaded, data, frozenset(filled))
 
 
@@ -69,6 +71,17 @@ def _schema_defaults(node: Any, rule: dict[str, Any], path: KeyPath) -> Iterator
         for key, value in node.items():
             if key not in properties:
                 yield from _schema_defaults(value, entries, (*path, key))
+
+
+def _deploy_check(data: Data) -> Iterator[KeyPath]:
+    """A Django Act with `settings` and no `release` runs `manage.py check --deploy` as its release step:
+    its warnings are printed, its errors fail the apply. `release = []` runs none."""
+    for path, act in _entries(data, "acts"):
+        django = act.get("django") if isinstance(act, dict) else None
+        if (isinstance(django, dict) and "release" not in django and isinstance(act.get("settings"), str)
+                and isinstance(django.get("manage"), str)):
+            django["release"] = [[django["manage"], "check", "--deploy"]]
+            yield (*path, "django", "release")
 
 
 def _has_defaults(rule: dict[str, Any]) -> bool:

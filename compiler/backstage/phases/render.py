@@ -7,12 +7,14 @@ Every `{{ }}` is escaped for its target and, where a slot has rules of its own, 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
 import networkx as nx
 
 from .. import contract, targets
+from ..targets import entry
 from . import graph as graphs
 from . import layout
 from .layout import EXECUTABLE, File
@@ -74,13 +76,19 @@ def _requirements_file(production: Production, stage: Stage) -> bytes:
     return text.encode()
 
 
-def render(production: Production, graph: nx.DiGraph) -> dict[str, File]:
-    """Every rendered file of the artifact, keyed by relative path (artifact adds the agent and manifest)."""
+def render(production: Production, graph: nx.DiGraph, restarts: Mapping[str, int] | None = None) -> dict[str, File]:
+    """Every rendered file of the artifact, keyed by relative path (artifact adds the agent and manifest).
+
+    `restarts`: Sess -> how often `apply --restart` started it afresh (written into its vassal file, so
+    a new count is a new vassal); a count of 0 writes nothing."""
     files: dict[str, File] = {}
     hosts = _hosts_by_sess(production)
     stores = _stores(production)
-    vassals = _render_vassals(production, graph, hosts, stores)
+    vassals = _render_vassals(production, graph, hosts, stores, restarts or {})
     files.update((f"uwsgi/{v.stem}.ini", File(text)) for v, text, _ in vassals.values())
+    for name, (_, _, rendered) in vassals.items():
+        files[f"{_entry_files(name)}/{entry.ENTRY}"] = File(entry.entry_point())
+        files[f"{_entry_files(name)}/{entry.ENVIRONMENT}"] = File(rendered.environment_file)
     addresses = {name: v for name, (v, _, _) in vassals.items()}
     booked: dict[str, list[Gig]] = {name: [] for name in production.venues}
     for gig in production.gigs.values():
@@ -90,8 +98,8 @@ def render(production: Production, graph: nx.DiGraph) -> dict[str, File]:
     include = targets.template("nginx", "include.conf.j2").render(
         production=production.name, pattern=layout.in_dir(production.state_dir, "current/nginx/*.conf"))
     files["include.conf"] = File(include.encode())
-    environments = {name: env for name, (_, _, env) in vassals.items()}
-    files[contract.PLAN] = File(plan(production, hosts, addresses, stores, environments).to_json())
+    environments = {name: rendered for name, (_, _, rendered) in vassals.items()}
+    files[contract.PLAN] = File(plan(production, hosts, addresses, stores, environments, restarts or {}).to_json())
     pythons = sorted({layout.in_dir(stage.virtualenv, "bin/python3") if stage.virtualenv else str(stage.python)
                       for stage in production.stages.values()})
     script = targets.template("shell", "install.sh.j2").render(production=production.name,
@@ -114,6 +122,10 @@ def _act_files(act: str) -> str:
     return f"acts/{act}"
 
 
+def _entry_files(sess: str) -> str:
+    return f"entries/{sess}"
+
+
 def _hosts_by_sess(production: Production) -> dict[str, list[str]]:
     hosts: dict[str, set[str]] = {}
     for gig in production.gigs.values():
@@ -124,29 +136,45 @@ def _hosts_by_sess(production: Production) -> dict[str, list[str]]:
 Environment = list[tuple[str, str]]
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A Sess's environment: the variables, the secrets' files, and the entry point's environment.json
+    holding both, installed as the store path `store`."""
+
+    env: Environment
+    secrets: Environment
+    environment_file: bytes
+    store: str
+
+
 def _render_vassals(production: Production, graph: nx.DiGraph, hosts: dict[str, list[str]],
-                    stores: Stores) -> dict[str, tuple[Vassal, bytes, Environment]]:
+                    stores: Stores, restarts: Mapping[str, int]) -> dict[str, tuple[Vassal, bytes, Rendered]]:
     """Each Sess's vassal, its file and its environment, rendered after the Sesses it needs (their
     addresses are in it)."""
     template = targets.template("uwsgi", "vassal.ini.j2")
-    done: dict[str, tuple[Vassal, bytes, Environment]] = {}
+    done: dict[str, tuple[Vassal, bytes, Rendered]] = {}
     for name in graphs.sesses_needed_first(graph):
         sess = production.sesses[name]
-        context = _vassal_context(production, sess, hosts.get(name, []), {n: v for n, (v, _, _) in done.items()},
-                                  stores)
+        act = production.acts[sess.act]
+        env = _environment(production, sess, hosts.get(name, []), {n: v for n, (v, _, _) in done.items()}, stores)
+        environment_file = entry.environment_file(env, list(act.secrets), f"{act.module}:{act.callable}")
+        store = layout.entry_store(name, [(entry.ENTRY, layout.READ_ONLY, entry.entry_point()),
+                                          (entry.ENVIRONMENT, layout.READ_ONLY, environment_file)])
+        context = _vassal_context(production, sess, stores, layout.store_path(production.state_dir, store))
         # A TCP bind is written (and hashed) as itself, so a changed port is a new vassal.
         bind = layout.tcp_address(sess.port) if sess.port else _BIND
-        chunks = list(template.generate(context, bind=bind,
+        chunks = list(template.generate(context, bind=bind, restart=restarts.get(name, 0),
                                         socket_option="http-socket" if sess.protocol == "http" else "socket"))
         vassal = _address(production, sess, hashlib.sha256("".join(chunks).encode()).hexdigest()[: layout.HASH_LENGTH])
         path = targets.escape("uwsgi", vassal.bind)
         text = "".join(path if chunk == _BIND else chunk for chunk in chunks)
-        done[name] = (vassal, text.encode(), context["env"])  # type: ignore[assignment]
+        done[name] = (vassal, text.encode(), Rendered(env, list(act.secrets), environment_file, store))
     return dict(sorted(done.items()))
 
 
-def _vassal_context(production: Production, sess: Sess, hosts: list[str],
-                    needed: dict[str, Vassal], stores: Stores) -> dict[str, object]:
+def _environment(production: Production, sess: Sess, hosts: list[str], needed: dict[str, Vassal],
+                 stores: Stores) -> Environment:
+    """The variables a Sess's app (and its release steps) get, in order: the Act's `env`, then backstage's."""
     act = production.acts[sess.act]
     stage = production.stages[sess.stage]
     env = list(act.env)
@@ -157,23 +185,30 @@ def _vassal_context(production: Production, sess: Sess, hosts: list[str],
         env.append(("BACKSTAGE_STATIC_ROOT", layout.store_path(production.state_dir, static)))
     if act.source and "PYTHONDONTWRITEBYTECODE" not in dict(act.env):
         env.append(("PYTHONDONTWRITEBYTECODE", "1"))  # the store is immutable: no __pycache__ written into it
+    if act.data:
+        env.append(("BACKSTAGE_DATA_DIR", act.data))
     if hosts:
         env.append(("BACKSTAGE_HOSTS", " ".join(hosts)))
     for other in sess.needs:
         prefix = layout.env_prefix(other)
         env.append((f"{prefix}_ADDRESS", needed[other].address))
         env.append((f"{prefix}_PROTOCOL", production.sesses[other].protocol))
+    return env
+
+
+def _vassal_context(production: Production, sess: Sess, stores: Stores, entry_store: str) -> dict[str, object]:
+    act = production.acts[sess.act]
+    stage = production.stages[sess.stage]
     return {
         "production": production.name,
         "sess": sess,
         "act": act,
         "stage": stage,
-        "module": f"{act.module}:{act.callable}",
+        "entry": layout.in_dir(entry_store, entry.ENTRY),
         "code": stores.code[act.name],
         "environment": stores.environment[stage.name],
         "socket_owner": stage.uid or production.host.nginx_user,
         "nginx_user": production.host.nginx_user,
-        "env": env,
         "logto": layout.in_dir(production.log_dir, f"{sess.name}.log"),
         "options": list(sess.uwsgi),
     }
@@ -231,7 +266,7 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vass
 
 
 def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str, Vassal], stores: Stores,
-         environments: dict[str, Environment]) -> contract.Plan:
+         environments: dict[str, Rendered], restarts: Mapping[str, int]) -> contract.Plan:
     """What the host agent needs to switch, probe and check (apply.json)."""
     host = production.host
     return contract.Plan(
@@ -246,7 +281,7 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
             contract.VassalPlan(
                 sess=v.sess, stem=v.stem, protocol=production.sesses[v.sess].protocol, address=v.address,
                 health_host=(hosts.get(v.sess) or ["localhost"])[0],
-                health_path=production.acts[production.sesses[v.sess].act].health)
+                health_path=production.acts[production.sesses[v.sess].act].health, restart=restarts.get(v.sess, 0))
             for v in vassals.values()),
         gigs=tuple(
             contract.GigPlan(
@@ -261,10 +296,28 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
                                production.stages[name].lock is not None)
             for name, (store, _) in sorted(stores.stages.items())),
         steps=tuple(_steps(production, stores, environments)),
+        entries=tuple(contract.EntryPlan(name, rendered.store, _entry_files(name))
+                      for name, rendered in sorted(environments.items())),
+        secrets=tuple(
+            contract.SecretPlan(name, variable, path, production.stages[production.sesses[name].stage].uid or "",
+                                production.stages[production.sesses[name].stage].gid or "")
+            for name, rendered in sorted(environments.items()) for variable, path in rendered.secrets),
+        data=tuple(_data(production)),
     )
 
 
-def _steps(production: Production, stores: Stores, environments: dict[str, Environment]) -> list[contract.StepPlan]:
+def _data(production: Production) -> list[contract.DataPlan]:
+    """Each played Act's data directory, owned as its Stage runs (check made the Stages of one Act agree)."""
+    found = []
+    for act in production.acts.values():
+        sess = next((s for s in production.sesses.values() if s.act == act.name), None)
+        if act.data and sess:
+            stage = production.stages[sess.stage]
+            found.append(contract.DataPlan(act.name, act.data, stage.uid or "", stage.gid or ""))
+    return found
+
+
+def _steps(production: Production, stores: Stores, environments: dict[str, Rendered]) -> list[contract.StepPlan]:
     """Each Act's release steps, run as its first Sess (by name) would run: its environment, its Stage.
     collectstatic once per Stage the Act plays on; migrate and release once per Act. Acts no Sess plays
     run nothing."""
@@ -279,8 +332,8 @@ def _steps(production: Production, stores: Stores, environments: dict[str, Envir
             stage = production.stages[sess.stage]
             steps.append(contract.StepPlan(
                 act=a.name, sess=sess.name, kind=kind, argv=_command(argv, stores.environment[stage.name]),  # type: ignore[arg-type]
-                cwd=stores.code[a.name], env=tuple(environments[sess.name]), uid=stage.uid or "",
-                gid=stage.gid or "", static=static))
+                cwd=stores.code[a.name], env=tuple(environments[sess.name].env), uid=stage.uid or "",
+                gid=stage.gid or "", static=static, secrets=tuple(environments[sess.name].secrets)))
 
         manage = act.django.manage
         if act.django.collectstatic:

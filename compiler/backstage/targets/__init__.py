@@ -8,6 +8,7 @@ location path, an ini option name...). A filter's result is `Escaped`, which fin
     uwsgi   vassal ini files                                       targets/uwsgi.py
     pip     a Stage's requirements.txt                             targets/pip.py
     shell   install.sh                                             targets/shell.py
+    json    a Sess's entry point and its environment.json          targets/entry.py
     (dns    zone records for the Producer, with issue 14)
 """
 

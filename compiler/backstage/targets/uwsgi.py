@@ -1,7 +1,8 @@
-"""uWSGI ini: a value escaper for every `{{ }}`, and slot escapers for option names and `env` lines.
+"""uWSGI ini: a value escaper for every `{{ }}`, and a slot escaper for option names.
 
 uWSGI has no escapes: it strips values and expands %x, $(), @() and %() everywhere, so what cannot be
-written literally is refused.
+written literally is refused. Environment values never pass through here: they reach the app through
+its entry point's environment.json (targets/entry.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 from .values import Escaped, Placeholder, UnsafeValue, Verbatim, plain
 
 _OPTION = re.compile(r"[a-z][a-z0-9-]*")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def value(item: Any) -> str:
@@ -37,12 +37,4 @@ def option(name: Any) -> Escaped:
     return Escaped(text)
 
 
-def env(pair: tuple[str, Any]) -> Escaped:
-    """The value of an `env` option: NAME=VALUE, where NAME can hold no '='."""
-    name, item = pair
-    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
-        raise UnsafeValue(f"uwsgi: {name!r} is not an environment variable name")
-    return Escaped(f"{name}={value(item)}")
-
-
-FILTERS = {"option": option, "env": env}
+FILTERS = {"option": option}
