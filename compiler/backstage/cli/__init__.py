@@ -88,12 +88,33 @@ def _installer_exit(code: int) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     target = Path(args.artifact)
+    if target.is_file():  # a production file: build it here first, as `build` would
+        target = _build_for_apply(target, args.restart, args.output)
+    elif args.restart:
+        raise UsageError("--restart needs the production file, not an artifact (an artifact's vassals are "
+                         f"fixed): backstage apply --restart {args.restart[0]} production.toml")
     if (target / "result").is_symlink():
         target = target / "result"
     target = target.resolve()
     extra = ["--dry-run"] if args.dry_run else []
     with handoff.staged(target, args.dry_run) as copy:
         return _installer_exit(handoff.run_installer(copy / contract.INSTALLER, "apply", *extra, *_timeouts(args)))
+
+
+def _build_for_apply(production: Path, restart: list[str], output: str) -> Path:
+    """Build a production file into `output` for apply, carrying the live generation's restart counts
+    (so a Sess restarted before is not started anew again) and counting one more for each `restart`."""
+    from ..phases import pipeline
+
+    counts = handoff.live_restarts(handoff.state_dir(production))
+    for sess in restart:
+        counts[sess] = counts.get(sess, 0) + 1
+    try:
+        built = pipeline.build(production, output, counts)
+    except pipeline.UnknownSess as exc:
+        raise UsageError(f"--restart: {exc}") from None
+    print(f"{'unchanged' if built.cached else 'built'}: {built.path}", file=sys.stderr)
+    return built.path
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -163,7 +184,13 @@ def parser() -> argparse.ArgumentParser:
                              help=f"{text} (default {default:g})")
 
     sub = verb("apply", _apply, "Make an artifact live on this host, with zero downtime.")
-    sub.add_argument("artifact", help="an artifact directory, or a build directory holding `result`")
+    sub.add_argument("artifact", help="an artifact directory, a build directory holding `result`, or a "
+                                      f"production file (built into ./{DEFAULT_OUTPUT} first)")
+    sub.add_argument("--restart", action="append", default=[], metavar="SESS",
+                     help="start a fresh vassal for SESS, blue/green, even if nothing changed (a secret file "
+                          "changed, say); needs the production file; repeatable")
+    sub.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
+                     help=f"where a production file is built (default: ./{DEFAULT_OUTPUT})")
     switch_options(sub)
     sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
     sub.add_argument("production", help="the production file or its state_dir")

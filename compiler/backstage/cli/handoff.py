@@ -86,6 +86,17 @@ def state_dir(production: str | Path) -> Path:
     return Path(pipeline.check_file(path).production.state_dir)
 
 
+def live_restarts(state: Path) -> dict[str, int]:
+    """Each Sess's restart count in the generation live at `state` ({} when none is, or it cannot be
+    read: counts then start again from 0, which starts no vassal anew that would not be anyway)."""
+    try:
+        trust.directory(state, "state_dir", create=False)
+        plan = contract.read_plan(state / "current")
+    except (Refused, contract.ContractError, OSError):
+        return {}
+    return {v.sess: v.restart for v in plan.vassals if v.restart}
+
+
 def installer(state: Path) -> Path:
     """The install.sh to act on kept generations with: the live one's, else the newest kept one's.
 

@@ -5,7 +5,7 @@ Every verb, `backstage try`, the tests and the benchmarks call these; none write
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 # An overlay rewrites loaded, normalised data in place (as `backstage try` plugs a production into a
 # sandbox) and returns the key paths it set; problems there are reported against the overlay's label.
 Overlay = Callable[[dict[str, Any]], Iterable[KeyPath]]
+
+
+class UnknownSess(ValueError):
+    """A restart count was given for a Sess the production does not have."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +77,10 @@ def check_file(path: str | Path, overlay: Overlay | None = None, overlay_label: 
     return check_bytes(load.read(path), str(path), overlay, overlay_label)
 
 
-def compile_checked(checked: Checked) -> Compiled:
+def compile_checked(checked: Checked, restarts: Mapping[str, int] | None = None) -> Compiled:
     from . import render
 
-    rendered = render.render(checked.production, checked.graph)
+    rendered = render.render(checked.production, checked.graph, restarts)
     files = artifact.assemble(checked.production.name, rendered, checked.input_hash)
     return Compiled(checked.production, checked.graph, files, artifact.name(checked.production.name, files),
                     checked.input_hash)
@@ -91,18 +95,26 @@ def compile_bytes(raw: bytes, file: str = "production.toml") -> Compiled:
     return compile_checked(check_bytes(raw, file))
 
 
-def build(path: str | Path, outdir: str | Path) -> artifact.Built:
+def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | None = None) -> artifact.Built:
     """Compile and write the artifact to outdir/<name>, pointing outdir/result at it; an unchanged
-    input (and compiler) is answered from outdir/.cache without compiling."""
+    input (and compiler) is answered from outdir/.cache without compiling.
+
+    `restarts`: Sess -> its restart count (`apply --restart`), part of the input like the file.
+    Raises UnknownSess for a name that is no Sess of the production."""
     raw = load.read(path)
     out = Path(outdir)
-    key = artifact.cache_key(raw)
+    counts = {name: count for name, count in sorted((restarts or {}).items()) if count}
+    key = artifact.cache_key(raw + (b"\0restarts " + repr(counts).encode() if counts else b""))
     hit = artifact.cached(out, key)
     if hit:
         artifact.point_result(out, hit.path.name)
         return hit
     checked = check_bytes(raw, str(path))
-    compiled = compile_checked(checked)
+    unknown = sorted(set(counts) - set(checked.production.sesses))
+    if unknown:
+        raise UnknownSess(f"{path}: no sess named {', '.join(unknown)} (known: "
+                          f"{', '.join(sorted(checked.production.sesses)) or 'none'})")
+    compiled = compile_checked(checked, counts)
     written = artifact.write(compiled.files, out, compiled.name)
     built = artifact.Built(written, compiled.summary, cached=False)
     # Remembered only if what the build read besides the file (taken before reading) is unchanged now:
