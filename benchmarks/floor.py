@@ -12,6 +12,7 @@ the build's once hashes are masked.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,8 @@ def vassal_contexts(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
             env += [(f"{prefix}_ADDRESS", addresses[other]),
                     (f"{prefix}_PROTOCOL", data["sesses"][other].get("protocol", "uwsgi"))]
         module, _, func = act["wsgi"].partition(":")
+        yield f"entries/{name}/environment.json", {
+            "app": f"{module}:{func or 'application'}", "env": dict(env), "secrets": act.get("secrets", {})}
         yield f"uwsgi/{stem}.ini", {
             "production": prod,
             "sess": {"name": name, "port": sess.get("port"),
@@ -74,12 +77,12 @@ def vassal_contexts(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
             "act": {"name": sess["act"], "path": act["path"]},
             "stage": {"name": sess["stage"], "virtualenv": stage["virtualenv"], "uid": stage.get("uid"),
                       "gid": stage.get("gid")},
-            "module": f"{module}:{func or 'application'}",
+            "entry": f"/var/lib/backstage/{prod}/store/entry-{name}-{PLACEHOLDER_HASH * 4}/wsgi.py",
+            "restart": 0,
             "code": act["path"],
             "environment": stage["virtualenv"],
             "socket_owner": stage.get("uid") or nginx_user,
             "nginx_user": nginx_user,
-            "env": env,
             "logto": f"/var/log/backstage/{prod}/{name}.log",
             "options": sorted((k, v) for k, v in options.items() if k not in ("processes", "threads")),
             "socket_option": "http-socket" if sess.get("protocol") == "http" else "socket",
@@ -122,6 +125,10 @@ def main() -> int:
         (out / sub).mkdir(parents=True)
     vassal = environment("uwsgi").get_template("vassal.ini.j2")
     for rel, context in vassal_contexts(data):
+        if rel.endswith(".json"):  # a Sess's environment, as JSON: what backstage writes beside its vassal
+            (out / rel).parent.mkdir(parents=True)
+            (out / rel).write_text(json.dumps(context, ensure_ascii=True, sort_keys=True, indent=1) + "\n")
+            continue
         (out / rel).write_text(vassal.render(context), "utf-8")
     nginx = environment("nginx")
     venue = nginx.get_template("venue.conf.j2")

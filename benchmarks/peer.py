@@ -46,10 +46,12 @@ PLAYBOOK = """\
         sess: "{{ item.c.sess }}"
         act: "{{ item.c.act }}"
         stage: "{{ item.c.stage }}"
-        module: "{{ item.c.module }}"
+        entry: "{{ item.c.entry }}"
+        restart: 0
+        code: "{{ item.c.code }}"
+        environment: "{{ item.c.environment }}"
         socket_owner: "{{ item.c.socket_owner }}"
         nginx_user: "{{ item.c.nginx_user }}"
-        env: "{{ item.c.env }}"
         logto: "{{ item.c.logto }}"
         options: "{{ item.c.options }}"
         socket_option: "{{ item.c.socket_option }}"
@@ -87,7 +89,6 @@ def without_slot_filters(text: str) -> str:
     for filtered, plain in (("{{ venue.hosts | server_names }}", "{{ venue.hosts }}"),
                             ("{{ loc.path | location }}", "{{ loc.path }}"),
                             ("{{ loc.path | prefix_regex }}", "{{ loc.path_regex }}"),
-                            ("{{ (name, value) | env }}", "{{ name }}={{ value }}"),
                             ("{{ key | option }}", "{{ key }}")):
         assert filtered in text, filtered
         text = text.replace(filtered, plain)
@@ -98,7 +99,8 @@ def without_slot_filters(text: str) -> str:
 def prepare(n: int, workdir: Path) -> Path:
     """Write the playbook, its templates, vars and inventory into workdir; the caller gives `-e out=DIR`."""
     data = generate(n)
-    vassals = [{"file": Path(rel).name, "c": escaped(c, targets.uwsgi.value)} for rel, c in vassal_contexts(data)]
+    vassals = [{"file": Path(rel).name, "c": escaped(c, targets.uwsgi.value)} for rel, c in vassal_contexts(data)
+               if rel.endswith(".ini")]
     venues = [{"file": Path(rel).name, "c": escaped(c, targets.nginx.token)} for rel, c in venue_contexts(data)]
     workdir.mkdir(parents=True, exist_ok=True)
     templates = resources.files("backstage.targets") / "templates"

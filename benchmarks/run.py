@@ -34,6 +34,7 @@ import peer  # noqa: E402
 SIZES = (10, 100, 1_000, 10_000)
 # Masks the 8-hex content hash in vassal names and socket paths: the floor does not compute it.
 _HASH = re.compile(r"--[0-9a-f]{8}(?=\.ini$|\.sock)", re.M)
+_STORE_HASH = re.compile(r"(/store/[a-z]+-[a-z0-9-]+?-)[0-9a-f]{32}")  # a store path's hash
 
 
 @dataclass
@@ -85,9 +86,13 @@ def remove_tree(path: Path) -> None:
 
 
 def rendered(root: Path) -> dict[str, str]:
-    """The vassal and nginx files under root, content hashes masked."""
-    return {_HASH.sub("--HASH", str(p.relative_to(root))): _HASH.sub("--HASH", p.read_text("utf-8"))
-            for sub in ("uwsgi", "nginx") for p in sorted((root / sub).glob("*"))}
+    """The vassal, nginx and environment files under root, content hashes masked."""
+    def masked(text: str) -> str:
+        return _STORE_HASH.sub(r"\1HASH", _HASH.sub("--HASH", text))
+
+    paths = [p for sub in ("uwsgi", "nginx") for p in sorted((root / sub).glob("*"))]
+    paths += sorted(root.glob("entries/*/environment.json"))
+    return {masked(str(p.relative_to(root))): masked(p.read_text("utf-8")) for p in paths}
 
 
 def same_files(side: str, got: dict[str, str], want: dict[str, str]) -> None:
