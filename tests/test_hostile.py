@@ -313,7 +313,7 @@ virtualenv = "relative/venv"
 [acts.site]
 wsgi = "site.wsgi:application"
 path = "/srv/apps/site"
-env = { THEME = "$(HOME)" }
+env = { THEME = "a\\u0000b" }
 
 [sesses.site]
 act = "ghost"
@@ -420,24 +420,17 @@ venue = "www"
 sess = "site"
 path = "/a=b:c@d!e*f+g,h~/"
 """
-# uWSGI keeps these verbatim: no comment stripping, no unquoting, no escapes, `@`/`exec://`/`call://` are not
-# interpreted in env values, and `$` is only special as `$(` (see /tmp/uwsgi-facts/FINDINGS.md, tables 1-5, 9).
+# uWSGI keeps these verbatim: no comment stripping, no unquoting, no escapes (see
+# /tmp/uwsgi-facts/FINDINGS.md, tables 1-5, 9). Env values never reach the vassal file: they are in the
+# entry point's environment.json, exactly.
 ACCEPTED_VASSAL_LINES = [
     "virtualenv = /srv/venvs/main#1",
     "procname = my;proc #x \"q\" 'q' a=b",
-    "env = SEMI=x;y #z",
-    "env = LEAD_SEMI=;start",
-    "env = LEAD_HASH=#start",
-    "env = EQ=b=c",
-    "env = AT_FILE=@/etc/passwd",
-    "env = EXEC=exec://id",
-    "env = CALL=call://os.system",
-    "env = BACKSLASH=a\\nb \\\\ trail\\",
-    "env = DOLLAR=$HOME ${HOME} $ $$",
-    "env = QUOTES=\"dq\" 'sq'",
-    "env = EMPTY=",
-    "env = UTF8=héllo ✓",
 ]
+ACCEPTED_ENV = {"SEMI": "x;y #z", "LEAD_SEMI": ";start", "LEAD_HASH": "#start", "EQ": "b=c",
+                "AT_FILE": "@/etc/passwd", "EXEC": "exec://id", "CALL": "call://os.system",
+                "BACKSLASH": "a\\nb \\\\ trail\\", "DOLLAR": "$HOME ${HOME} $ $$", "QUOTES": "\"dq\" 'sq'",
+                "EMPTY": "", "UTF8": "héllo ✓"}
 
 
 def _vassal(out: Path, sess: str) -> str:
@@ -455,14 +448,16 @@ def test_accepted_inputs_build_verbatim(tmp_path: Path) -> None:
     lines = _vassal(tmp_path / "out", "site").splitlines()
     for expected in ACCEPTED_VASSAL_LINES:
         assert expected in lines, f"{expected!r} not in the vassal"
+    assert not [line for line in lines if line.startswith("env")]
+    environment = json.loads((tmp_path / "out" / "result" / "entries" / "site" / "environment.json").read_text())
+    assert environment["env"] == ACCEPTED_ENV | {"BACKSTAGE_HOSTS": "example.org xn--bcher-kva.example"}
 
 
-def test_env_value_with_leading_space_is_refused(tmp_path: Path) -> None:
-    """uWSGI would keep leading spaces after `NAME=`, but a pass-through value would lose them: one rule
-    for every ini value (no surrounding whitespace) keeps the escaping in one place."""
+def test_env_value_with_surrounding_space_and_expansion_syntax_is_kept(tmp_path: Path) -> None:
+    """Version 1 refused these (uWSGI would strip or expand them); version 2 delivers them exactly."""
     file = tmp_path / "production.toml"
-    file.write_text(ACCEPTED.replace('EMPTY = ""', 'EMPTY = ""\nLEAD = "  lead"'), "utf-8")
+    file.write_text(ACCEPTED.replace('EMPTY = ""', 'EMPTY = ""\nLEAD = "  lead %d $(id) @(x) "'), "utf-8")
     run = run_cli(file, tmp_path / "out")
-    assert "Traceback" not in run.stdout + run.stderr
-    assert run.code == 1 and "BS114 acts.site.env.LEAD:" in run.stderr, run.stderr
-    assert not (tmp_path / "out").exists()
+    assert run.code == 0, run.stderr
+    environment = json.loads((tmp_path / "out" / "result" / "entries" / "site" / "environment.json").read_text())
+    assert environment["env"]["LEAD"] == "  lead %d $(id) @(x) "
