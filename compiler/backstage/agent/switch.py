@@ -248,7 +248,8 @@ def wait_ready(state: State, vassals: Iterable[VassalPlan], timeout: float, offs
                 lines = applog.since(plan, vassal.sess, offsets.get(vassal.sess, 0)) if status == 400 else []
                 last[stem] = applog.status_problem(status, lines)
                 if applog.refused_host(lines) is not None:  # the settings refuse it: waiting changes nothing
-                    raise Failed(f"sess {vassal.sess} ({stem}) {last[stem]}")
+                    raise Failed(f"sess {vassal.sess} ({stem}) {last[stem]}\n"
+                                 + log_problem(plan, vassal.sess, offsets.get(vassal.sess, 0)))
             except (OSError, ValueError, IndexError) as exc:
                 last[stem] = f"{type(exc).__name__}: {exc}"
         if not pending:

@@ -80,8 +80,9 @@ def _timeouts(args: argparse.Namespace) -> list[str]:
 
 def _installer_exit(code: int) -> int:
     # The agent: 0 done, 1 failed and undone, 2 refused before changing anything, 3 a bug in it,
-    # 128 + N stopped by signal N (after undoing); those pass through, the rest is 1.
-    if code == 0 or code in SIGNAL_EXITS:
+    # 128 + N stopped by signal N (after undoing); those pass through (3 as this command's own bug
+    # code), the rest is 1.
+    if code in (0, EXIT_BUG) or code in SIGNAL_EXITS:
         return code
     return EXIT_INPUT
 
@@ -143,7 +144,7 @@ def _try(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return rehearsal.run(args.file, args.port, maps)
+        return rehearsal.run(args.file, args.port, maps, keep=args.keep)
     except rehearsal.SandboxError as exc:
         print(f"backstage try: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -206,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--port", type=int, help="the port every Venue listens on (default: a free one)")
     sub.add_argument("--path-map", action="append", default=[], metavar="/ABSOLUTE=DIR",
                      help="run paths under /ABSOLUTE from DIR instead (repeatable)")
+    sub.add_argument("--keep", action="store_true", help="keep the sandbox's directory (logs, data) after it stops")
     return top
 
 
