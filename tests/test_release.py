@@ -187,7 +187,7 @@ def assert_serves(club: Club, gen: tuple[str, list[str], str, str]) -> None:
 def test_generation_1_serves_code_static_files_and_migrated_database(club: Club) -> None:
     live(club, GEN1)
     names = store(club)
-    assert {n.split("-")[0] for n in names} == {"act", "stage", "static"}, names
+    assert {n.split("-")[0] for n in names} == {"act", "entry", "stage", "static"}, names
     with sqlite3.connect(club.db) as db:
         assert db.execute("select count(*) from django_migrations").fetchone()[0] > 0
     conf = next((club.tmp / "state" / "current" / "nginx").glob("*.conf")).read_text()
@@ -231,8 +231,9 @@ def test_a_requirement_that_cannot_be_installed_changes_nothing(club: Club) -> N
     assert "backstage-no-such-package==0.0.1" in out, out
     assert_serves(club, GEN1)
     after = store(club)
-    # No half Stage and no temporary directory; complete Act paths may stay (gc removes them).
-    assert before <= after and not [n for n in after - before if not n.startswith("act-")], after - before
+    # No half Stage and no temporary directory; complete Act and entry point paths may stay (gc removes them).
+    assert before <= after and not [n for n in after - before if not n.startswith(("act-", "entry-"))], \
+        after - before
 
 
 def test_gc_removes_exactly_the_store_paths_no_kept_generation_refers_to(club: Club) -> None:
@@ -245,7 +246,7 @@ def test_gc_removes_exactly_the_store_paths_no_kept_generation_refers_to(club: C
     for generation in kept:
         plan = json.loads((generation / "apply.json").read_text())
         wanted |= {a["store"] for a in plan["acts"]} | {s["store"] for s in plan["stages"]} | \
-            {s["static"] for s in plan["steps"] if s["static"]}
+            {e["store"] for e in plan["entries"]} | {s["static"] for s in plan["steps"] if s["static"]}
     assert len(kept) < len(club.built) and store(club) == wanted
     assert_serves(club, GEN1)
 

@@ -65,7 +65,10 @@ def app_error(lines: list[str]) -> list[str]:
         end = first + 1
         while end < len(lines) and (lines[end].startswith((" ", "\t")) or not lines[end].strip()):
             end += 1
-        block = lines[max(first - 1, 0) if first and lines[first - 1].startswith("backstage: ") else first:end + 1]
+        named = first and lines[first - 1].startswith("backstage: ")  # Django's own line, from the entry point
+        block = lines[first - 1 if named else first:end + 1]
+        if named and REFUSED_HOST.search(block[0]):
+            return [block[0]]  # a DisallowedHost: its message says it all; the traceback is Django's internals
         return block if len(block) <= LINES else [*block[:3], "    ...", *block[-(LINES - 4):]]
     return [line for line in lines if line.strip() and not ACCESS.match(line)][-LINES:]
 
