@@ -292,6 +292,12 @@ def productions(draw: st.DrawFn, tls: tuple[str, str]) -> Data:
             venue["tls"] = {"certificate": tls[0], "key": tls[1]}
         if draw(st.booleans()):
             venue["listen"] = draw(listens())
+        if "tls" in venue and draw(st.integers(0, 3)) == 0:
+            venue["hsts"] = draw(st.sampled_from([0, 300, 31536000]))
+        if draw(st.integers(0, 3)) == 0:
+            venue["client_max_body_size"] = draw(st.sampled_from(["0", "512k", "10m", "1G", "100"]))
+        if draw(st.integers(0, 3)) == 0:
+            venue["read_timeout"] = draw(st.integers(1, 86400))
         venues[venue_name] = venue
     _separate_tls_ports(venues)  # TLS and plain venues on one port are refused (BS208): keep most valid
     data["venues"] = venues
@@ -302,6 +308,10 @@ def productions(draw: st.DrawFn, tls: tuple[str, str]) -> Data:
             gig: Data = {"venue": draw(st.sampled_from(venue_names)), "sess": draw(st.sampled_from(sess_names))}
             if draw(st.integers(0, 3)):
                 gig["path"] = draw(url_prefixes())
+            if draw(st.integers(0, 4)) == 0:
+                gig["client_max_body_size"] = draw(st.sampled_from(["2m", "64k"]))
+            if draw(st.integers(0, 4)) == 0:
+                gig["read_timeout"] = draw(st.integers(1, 3600))
             gigs[gig_name] = gig
     data["gigs"] = gigs
     return data
@@ -317,6 +327,9 @@ def _separate_tls_ports(venues: Data) -> None:
     for venue in venues.values():
         if "tls" not in venue and _listen_port(venue) in tls_ports:
             venue["tls"] = next(v["tls"] for v in venues.values() if "tls" in v)
+    for venue in venues.values():  # a TLS Venue's plain side listens on 80 unless told otherwise
+        if "tls" in venue and 80 in tls_ports:
+            venue["redirect_http"] = False
 
 
 # ------------------------------------------------------------------------------------------ TOML

@@ -220,15 +220,51 @@ def canonical_ini(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+# Mozilla's "intermediate" TLS configuration, as the contract names it.
+MOZILLA_INTERMEDIATE = [
+    ("ssl_protocols", ("TLSv1.2", "TLSv1.3")),
+    ("ssl_ciphers", ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305",)),
+    ("ssl_prefer_server_ciphers", ("off",)),
+    ("ssl_session_timeout", ("1d",)),
+    ("ssl_session_cache", ("shared:backstage_tls:10m",)),
+    ("ssl_session_tickets", ("off",)),
+]
+NO_DOTFILES = D("location", ("~", "/\\."), (D("return", ("404",)),))
+
+
+def expected_redirect(data: Data, venue_name: str) -> Directive | None:
+    """A TLS Venue's plain-HTTP side: the ACME challenge from state_dir/acme, everything else 301 to https."""
+    venue = data["venues"][venue_name]
+    if "tls" not in venue or venue.get("redirect_http", True) is not True:
+        return None
+    listen = venue.get("listen", 443)
+    port = listen if isinstance(listen, int) else int(str(listen).rsplit(":", 1)[1])
+    target = "https://$host" + ("" if port == 443 else f":{port}") + "$request_uri"
+    acme = (D("root", (_slashes(f"{_dirs(data)['state_dir']}/acme"),)), D("default_type", ("text/plain",)))
+    locations = [D("location", ("/",), (D("return", ("301", target)),)),
+                 D("location", ("/.well-known/acme-challenge/",), acme)]
+    return D("server", (), (D("listen", (str(venue.get("http_listen", 80)),)),
+                            D("server_name", (venue["domain"], *venue.get("aliases", []))),
+                            D("server_tokens", ("off",)), *sorted(locations, key=repr)))
+
+
 def expected_server(data: Data, venue_name: str, vassals: Vassals) -> Directive:
     venue = data["venues"][venue_name]
     tls = venue.get("tls")
     listen = venue.get("listen", 443 if tls else 80)
-    head = [D("listen", (str(listen), "ssl") if tls else (str(listen),)),
+    head = [D("listen", (str(listen), "ssl", "http2") if tls else (str(listen),)),
             D("server_name", (venue["domain"], *venue.get("aliases", []))),
             D("server_tokens", ("off",))]
+    hsts = ("Strict-Transport-Security", f"max-age={venue['hsts']}", "always") if tls and venue.get("hsts") else None
     if tls:
         head += [D("ssl_certificate", (tls["certificate"],)), D("ssl_certificate_key", (tls["key"],))]
+        head += [D(name, args) for name, args in MOZILLA_INTERMEDIATE]
+    if hsts:
+        head.append(D("add_header", hsts))
+    if "client_max_body_size" in venue:
+        head.append(D("client_max_body_size", (venue["client_max_body_size"],)))
     locations: list[Directive] = []
     for gig in data.get("gigs", {}).values():
         if gig["venue"] != venue_name:
@@ -236,16 +272,21 @@ def expected_server(data: Data, venue_name: str, vassals: Vassals) -> Directive:
         sess = data["sesses"][gig["sess"]]
         path = gig.get("path", "/")
         upstream = _upstream(sess, vassals.binds[gig["sess"]])
+        limits = [D("client_max_body_size", (gig["client_max_body_size"],))] if "client_max_body_size" in gig else []
+        timeout = gig.get("read_timeout", venue.get("read_timeout"))
         if sess.get("protocol", "uwsgi") == "http":
             body = [D("proxy_set_header", h) for h in PROXY_HEADERS]
-            body += [D("proxy_set_header", ("X-Forwarded-Prefix", path.rstrip("/"))), D("proxy_pass", (upstream,))]
+            body += [D("proxy_set_header", ("X-Forwarded-Prefix", path.rstrip("/"))), *limits]
+            body += [D("proxy_read_timeout", (f"{timeout}s",))] if timeout else []
+            body += [D("proxy_pass", (upstream,))]
         else:
             body = [D("rewrite", (_regex_placeholder(path), "$1", "break"))] if path != "/" else []
+            body += [*limits, *([D("uwsgi_read_timeout", (f"{timeout}s",))] if timeout else [])]
             body += [D("uwsgi_param", p) for p in UWSGI_PARAMS]
             body += [D("uwsgi_param", ("SCRIPT_NAME", path.rstrip("/"))), D("uwsgi_pass", (upstream,))]
         locations.append(D("location", (path,), tuple(body)))
         for prefix, directory in data["acts"][sess["act"]].get("static", {}).items():
-            locations.append(D("location", (path + prefix[1:],), (D("alias", (directory,)),)))
+            locations.append(D("location", (path + prefix[1:],), (D("alias", (directory,)), NO_DOTFILES)))
     if not locations:
         locations.append(D("location", ("/",), (D("default_type", ("text/plain",)), D("return", ("503", "closed\n")))))
     elif not any(loc.args == ("/",) for loc in locations):
@@ -276,6 +317,16 @@ def canonical_server(server: Directive) -> Directive:
     return D("server", (), tuple(head) + tuple(sorted(locations, key=repr)))
 
 
+def _canonical_roots(server: Directive) -> Directive:
+    """The plain side with its ACME root's slashes normalised, as every other path here."""
+    def fix(d: Directive) -> Directive:
+        if d.name == "location" and d.block is not None:
+            return D("location", d.args, tuple(D("root", (_slashes(x.args[0]),)) if x.name == "root" else x
+                                                for x in d.block))
+        return d
+    return D("server", (), tuple(fix(d) for d in server.block or ()))
+
+
 def check_outputs(data: Data, files: dict[str, str]) -> None:
     """Every output file reads back as exactly what `data` declares."""
     vassals = _vassals(data, files)
@@ -297,8 +348,13 @@ def check_outputs(data: Data, files: dict[str, str]) -> None:
     for venue_name in venues:
         same_tokens_as_crossplane(files[f"nginx/{venue_name}.conf"])
         parsed = parse_nginx(files[f"nginx/{venue_name}.conf"])
-        assert [d.name for d in parsed] == ["server"], f"venue {venue_name!r}: top level {parsed}"
-        got = canonical_server(parsed[0])
+        redirect = expected_redirect(data, venue_name)
+        assert [d.name for d in parsed] == ["server"] * (2 if redirect else 1), f"venue {venue_name!r}: {parsed}"
+        if redirect:
+            plain = _canonical_roots(canonical_server(parsed[0]))
+            assert plain == redirect, _diff(f"plain side of {venue_name!r}", list(redirect.block or ()),
+                                                             list(plain.block or ()))
+        got = canonical_server(parsed[-1])
         want = expected_server(data, venue_name, vassals)
         assert got == want, _diff(f"server of venue {venue_name!r}", list(want.block or ()), list(got.block or ()))
 
@@ -332,7 +388,7 @@ def _diff(what: str, want: list[Any], got: list[Any]) -> str:
 
 # ------------------------------------------------------------------------------------------ nginx -t
 
-_LISTEN = re.compile(r"^(\s*listen\s+)(\S+?)((?:\s+ssl)?;)$", re.M)
+_LISTEN = re.compile(r"^(\s*listen\s+)(\S+?)((?:\s+ssl)?(?:\s+http2)?;)$", re.M)
 _CERT = re.compile(r"^(\s*)(ssl_certificate(?:_key)?) .*;$", re.M)
 
 

@@ -141,6 +141,17 @@ CASES: list[tuple[str, str, str, str]] = [
      "BS114", "acts.blog.env.A"),
     ("env-value-nul", with_(('path = "/srv/apps/blog"', 'path = "/srv/apps/blog"\nenv = { A = "x\\u0000" } # <-')),
      "BS114", "acts.blog.env.A"),
+    # the edge.
+    ("redirect-without-tls", with_(('domain = "example.com"', 'domain = "example.com"\nredirect_http = true # <-')),
+     "BS216", "venues.example.redirect_http"),
+    ("http-listen-on-tls-port", with_(('domain = "example.com"',
+                                      'domain = "example.com"\ntls = { certificate = "/c.pem", key = "/k.pem" }\n'
+                                      'http_listen = 443 # <-')),
+     "BS208", "venues.example.http_listen"),
+    ("body-size", with_(('domain = "example.com"', 'domain = "example.com"\nclient_max_body_size = "10 MB" # <-')),
+     "BS125", "venues.example.client_max_body_size"),
+    ("read-timeout", with_(('sess = "blog"', 'sess = "blog"\nread_timeout = 0 # <-')),
+     "BS104", "gigs.blog.read_timeout"),
     # secrets and data.
     ("secret-name", with_(('path = "/srv/apps/blog"', 'path = "/srv/apps/blog"\nsecrets = { "key" = "/etc/k" } # <-')),
      "BS113", "acts.blog.secrets.key"),

@@ -36,8 +36,9 @@ def base(tls: bool = False) -> Production:
                                           None)}),
         sesses=MappingProxyType({"web": Sess("web", "web", "main", 1, 1, (), (("harakiri", 30),), "uwsgi", None)}),
         venues=MappingProxyType({"www": Venue("www", "example.org", ("www.example.org",), "80",
-                                              Tls("/etc/ssl/c.pem", "/etc/ssl/k.pem") if tls else None)}),
-        gigs=MappingProxyType({"site": Gig("site", "www", "web", "/api/")}),
+                                              Tls("/etc/ssl/c.pem", "/etc/ssl/k.pem") if tls else None,
+                                              tls, "8080" if tls else None, 0, None, None)}),
+        gigs=MappingProxyType({"site": Gig("site", "www", "web", "/api/", None, None)}),
     )
 
 
@@ -97,11 +98,20 @@ def declared_server(production: Production) -> dict[str, Any]:
 
 
 def check_nginx(text: str, production: Production) -> None:
-    (server,) = parse_nginx(text)
+    *plain, server = parse_nginx(text)
     want = declared_server(production)
+    venue = production.venues["www"]
+    if venue.tls and venue.redirect_http:
+        (redirect,) = plain
+        assert [d.args for d in redirect.find("listen")] == [(venue.http_listen,)]
+        assert [d.args for d in redirect.find("server_name")] == [want["server_name"]]
+        assert sorted(d.args for d in redirect.find("location")) == [("/",), ("/.well-known/acme-challenge/",)]
+    else:
+        assert not plain
     assert server.name == "server"
     assert [d.args for d in server.find("server_name")] == [want["server_name"]]
-    assert [d.args[0] for d in server.find("listen")] == [want["listen"]]
+    assert [d.args for d in server.find("listen")] == [(want["listen"], "ssl", "http2") if venue.tls else
+                                                       (want["listen"],)]
     assert sorted(d.args for d in server.find("location")) == [(p,) for p in want["locations"]]
     # How nginx reads them: a literal name (not a regex '~', a wildcard or '_'), a prefix location (not
     # a modifier '=' '~' or a named location '@').
@@ -112,7 +122,11 @@ def check_nginx(text: str, production: Production) -> None:
     if want["certificate"]:
         assert [d.args for d in server.find("ssl_certificate")] == [(want["certificate"],)]
     names = {d.name for d in server.block or ()}
-    assert names <= {"listen", "server_name", "server_tokens", "ssl_certificate", "ssl_certificate_key", "location"}
+    tls = {"ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_ciphers", "ssl_prefer_server_ciphers",
+           "ssl_session_timeout", "ssl_session_cache", "ssl_session_tickets"}
+    assert names <= {"listen", "server_name", "server_tokens", "location"} | (tls if venue.tls else set())
+    for loc in server.find("location"):  # a static location's one nested location refuses dotfiles
+        assert [d.args for d in loc.find("location")] in ([], [("~", "/\\.")]), loc
 
 
 def check_environment(document: bytes, production: Production) -> None:

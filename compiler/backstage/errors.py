@@ -40,6 +40,7 @@ CODES: dict[str, str] = {
     "BS122": "invalid production name",
     "BS123": "invalid health path",
     "BS124": "invalid host setting",
+    "BS125": "invalid nginx size",
     "BS201": "a reference names nothing that exists",
     "BS202": "a domain or alias is claimed twice",
     "BS203": "a port is used twice",
@@ -55,6 +56,7 @@ CODES: dict[str, str] = {
     "BS213": "a Django release step does not fit its Act",
     "BS214": "a variable is given in both `env` and `secrets`",
     "BS215": "an Act's data directory cannot be used",
+    "BS216": "a plain-HTTP setting of a Venue without TLS",
 }
 
 

@@ -218,6 +218,7 @@ class _Rules:
         self.claimed_names()
         self.ports()
         self.tls_per_port()
+        self.plain_http_settings()
         self.locations()
         self.settings_twice()
         self.needs_cycles()
@@ -269,9 +270,10 @@ class _Rules:
     def ports(self) -> None:
         taken: dict[int, str] = {}
         for name, venue in self.venues.items():
-            port = layout.listen_port(venue.get("listen"))
-            if port is not None:
-                taken.setdefault(port, f"venue `{name}`")
+            for key in ("listen", "http_listen"):
+                port = layout.listen_port(venue.get(key))
+                if port is not None:
+                    taken.setdefault(port, f"venue `{name}`")
         for name, sess in self.sesses.items():
             port = sess.get("port")
             if not isinstance(port, int) or isinstance(port, bool):
@@ -282,20 +284,34 @@ class _Rules:
             taken.setdefault(port, f"sess `{name}`")
 
     def tls_per_port(self) -> None:
-        # nginx's `ssl` belongs to the listening socket: every server on a port is TLS, or none is.
+        # nginx's `ssl` belongs to the listening socket: every server on a port is TLS, or none is. A TLS
+        # Venue's plain-HTTP side (http_listen) is a plain server on its port.
         first: dict[int, tuple[str, bool]] = {}
         for name, venue in self.venues.items():
-            port = layout.listen_port(venue.get("listen"))
-            if port is None:
+            sides = [("listen", "tls" in venue)]
+            if "tls" in venue and venue.get("redirect_http") is True:
+                sides.append(("http_listen", False))
+            for key, tls in sides:
+                port = layout.listen_port(venue.get(key))
+                if port is None:
+                    continue
+                other, other_tls = first.setdefault(port, (name, tls))
+                if other_tls != tls:
+                    listen = ("venues", name, key)
+                    self.report(listen if self.normalised.spelled(listen) else ("venues", name, "tls"), "BS208",
+                                f"port {port} is {'TLS' if other_tls else 'plain HTTP'} for venue `{other}` but "
+                                f"{'TLS' if tls else 'plain HTTP'} here",
+                                "give TLS and plain-HTTP servers different ports (a TLS Venue's `http_listen` "
+                                "is plain HTTP)")
+
+    def plain_http_settings(self) -> None:
+        for name, venue in self.venues.items():
+            if "tls" in venue:
                 continue
-            tls = "tls" in venue
-            other, other_tls = first.setdefault(port, (name, tls))
-            if other_tls != tls:
-                listen = ("venues", name, "listen")
-                self.report(listen if self.normalised.spelled(listen) else ("venues", name, "tls"), "BS208",
-                            f"port {port} is {'TLS' if other_tls else 'plain HTTP'} for venue `{other}` but "
-                            f"{'TLS' if tls else 'plain HTTP'} here",
-                            "give TLS and plain-HTTP venues different ports")
+            for key in ("redirect_http", "http_listen", "hsts"):
+                if key in venue and self.normalised.spelled(("venues", name, key)):
+                    self.report(("venues", name, key), "BS216", f"`{key}` applies to a Venue with `tls` only",
+                                "give the Venue `tls`, or drop the key")
 
     def settings_twice(self) -> None:
         for name, act in self.acts.items():

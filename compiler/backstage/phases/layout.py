@@ -60,8 +60,12 @@ def url_join(prefix: str, relative: str) -> str:
     return prefix + relative.removeprefix("/")
 
 
+HTTP_PORT = 80
+HTTPS_PORT = 443
+
+
 def default_listen(tls: bool) -> int:
-    return 443 if tls else 80
+    return HTTPS_PORT if tls else HTTP_PORT
 
 
 def listen_port(listen: object) -> int | None:
@@ -70,6 +74,8 @@ def listen_port(listen: object) -> int | None:
         return None
     if isinstance(listen, int):
         return listen
+    if isinstance(listen, str) and listen.isascii() and listen.isdigit():
+        return int(listen)
     if isinstance(listen, str) and ":" in listen and listen.rsplit(":", 1)[1].isdigit():
         return int(listen.rsplit(":", 1)[1])
     return None

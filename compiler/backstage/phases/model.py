@@ -92,6 +92,11 @@ class Venue:
     aliases: tuple[str, ...]
     listen: str
     tls: Tls | None
+    redirect_http: bool  # a TLS Venue's plain-HTTP side answers 301 to https (and ACME challenges)
+    http_listen: str | None  # where that side listens
+    hsts: int  # Strict-Transport-Security max-age; 0 sends none
+    client_max_body_size: str | None
+    read_timeout: int | None
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -104,6 +109,8 @@ class Gig:
     venue: str
     sess: str
     path: str
+    client_max_body_size: str | None  # overrides the Venue's
+    read_timeout: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +154,8 @@ def build(data: dict[str, Any], gathered: Gathered) -> Production:
         acts=_sorted({n: _act(n, a, gathered.acts.get(n)) for n, a in data.get("acts", {}).items()}),
         sesses=_sorted({n: _sess(n, s, stages[s["stage"]]) for n, s in data.get("sesses", {}).items()}),
         venues=_sorted({n: _venue(n, v) for n, v in data.get("venues", {}).items()}),
-        gigs=_sorted({n: Gig(n, g["venue"], g["sess"], g["path"]) for n, g in data.get("gigs", {}).items()}),
+        gigs=_sorted({n: Gig(n, g["venue"], g["sess"], g["path"], g.get("client_max_body_size"), g.get("read_timeout"))
+                      for n, g in data.get("gigs", {}).items()}),
     )
 
 
@@ -210,4 +218,9 @@ def _venue(name: str, raw: dict[str, Any]) -> Venue:
         aliases=tuple(raw.get("aliases", ())),
         listen=str(raw["listen"]),
         tls=Tls(tls["certificate"], tls["key"]) if tls else None,
+        redirect_http=bool(tls) and raw.get("redirect_http") is True,
+        http_listen=str(raw["http_listen"]) if tls and raw.get("redirect_http") is True else None,
+        hsts=raw["hsts"],
+        client_max_body_size=raw.get("client_max_body_size"),
+        read_timeout=raw.get("read_timeout"),
     )

@@ -2,10 +2,10 @@
 
 The schema states the defaults (`default` on a property); a few depend on other values and are
 derived here, each in one function: the three directories (from the production's name), a Venue's
-`listen` (80, or 443 with `tls`), a built Stage's `python` (python3), and a Sess's `processes` and
-`threads` (its `[uwsgi]` table, else its Stage's, else the schema's default), and a Django Act's
-`release` (Django's own `check --deploy` when the Act has `settings`). check and model read
-the result and state no default.
+`listen` (80, or 443 with `tls`), a TLS Venue's `redirect_http` (true) and `http_listen` (80), a built
+Stage's `python` (python3), a Sess's `processes` and `threads` (its `[uwsgi]` table, else its Stage's,
+else the schema's default), and a Django Act's `release` (Django's own `check --deploy` when the Act
+has `settings`). check and model read the result and state no default.
 
 The data may still be invalid here: a default is only filled in where its table is a table, and a
 derived one only from values of the right type; check then reports what is wrong.
@@ -115,6 +115,15 @@ def _listen(data: Data, venue: Data) -> int:
     return layout.default_listen(tls="tls" in venue)
 
 
+def _redirect_http(data: Data, venue: Data) -> bool | None:
+    """A TLS Venue's plain-HTTP side redirects to https unless told otherwise."""
+    return True if "tls" in venue else None
+
+
+def _http_listen(data: Data, venue: Data) -> int | None:
+    return layout.HTTP_PORT if "tls" in venue and venue.get("redirect_http", True) is True else None
+
+
 def _count(key: str) -> Callable[[Data, Data], Any]:
     """A Sess's processes or threads: its own [uwsgi] table's, else its Stage's, else the schema's."""
     def derive(data: Data, sess: Data) -> Any:
@@ -136,6 +145,8 @@ _DERIVED: tuple[tuple[str | None, str, Callable[[Data, Data], Any]], ...] = (
     (None, "run_dir", _dir("run_dir")),
     (None, "log_dir", _dir("log_dir")),
     ("venues", "listen", _listen),
+    ("venues", "redirect_http", _redirect_http),
+    ("venues", "http_listen", _http_listen),
     ("stages", "python", _python),
     ("sesses", "processes", _count("processes")),
     ("sesses", "threads", _count("threads")),

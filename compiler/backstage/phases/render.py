@@ -227,6 +227,9 @@ def _address(production: Production, sess: Sess, content_hash: str) -> Vassal:
     return Vassal(sess.name, stem, bind, upstream, address)
 
 
+ACME = "acme"  # state_dir/acme/: the webroot certbot writes HTTP-01 challenges into
+
+
 @cache
 def _uwsgi_params() -> targets.Verbatim:
     """The artifact's own uwsgi_params: fixed template text, rendered once and written into each location."""
@@ -238,6 +241,7 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vass
     locations: list[dict[str, object]] = []
     for gig in gigs:
         sess = production.sesses[gig.sess]
+        venue = production.venues[venue_name]
         locations.append({
             "kind": sess.protocol,
             "gig": gig.name,
@@ -245,22 +249,29 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vass
             "path": gig.path,
             "script_name": gig.path.rstrip("/"),
             "upstream": vassals[sess.name].upstream,
+            "body_size": gig.client_max_body_size,  # the Venue's is set on the server
+            "read_timeout": gig.read_timeout or venue.read_timeout,
         })
         act = production.acts[sess.act]
-        served = list(act.static)
+        served = [(prefix, directory, False) for prefix, directory in act.static]
         static = stores.static.get((act.name, sess.stage))
         if act.django and act.django.collectstatic and static:
-            served.append((act.django.collectstatic, layout.store_path(production.state_dir, static) + "/"))
-        for prefix, directory in served:
+            # Collected files are immutable per generation (a new collection is a new store path).
+            served.append((act.django.collectstatic, layout.store_path(production.state_dir, static) + "/", True))
+        for prefix, directory, cached in served:
             locations.append({"kind": "static", "gig": gig.name, "path": layout.url_join(gig.path, prefix),
-                              "directory": directory})
+                              "directory": directory, "cache": cached})
     locations.sort(key=lambda loc: str(loc["path"]))
+    venue = production.venues[venue_name]
     text = targets.template("nginx", "venue.conf.j2").render(
         uwsgi_params=_uwsgi_params(),
         production=production.name,
-        venue=production.venues[venue_name],
+        venue=venue,
         locations=locations,
         has_root=any(loc["path"] == "/" for loc in locations),
+        hsts=f"max-age={venue.hsts}" if venue.tls and venue.hsts else "",
+        https_port=layout.listen_port(venue.listen.rpartition(":")[2]) if venue.redirect_http else None,
+        acme_root=layout.in_dir(production.state_dir, ACME),
     )
     return text.encode()
 
