@@ -10,7 +10,9 @@ configuration and their ports are never touched:
     ROOT/nginx/error.log     nginx's error log, at `warn`
 
 Every process started here carries BACKSTAGE_SANDBOX=<token> in its environment and runs in its own
-session, so `stop()` can find and kill whatever is left, even after a failure.
+session, so `stop()` can find and kill whatever is left, even after a failure; an nginx or uWSGI whose
+command line names a path under ROOT is counted too (a vassal that dropped to a Stage's uid is no
+exception).
 
 Measured behaviour this module relies on (uWSGI 2.0.31, nginx 1.22):
 - SIGINT to the Emperor's master stops it for good: the Emperor sends every vassal a stop message
@@ -126,44 +128,71 @@ def _classify_uwsgi(candidate: str, rejected: list[str]) -> str | None:
     return None
 
 
-def _find_uwsgi(rejected: list[str]) -> str | None:
-    # The uwsgi next to the running interpreter first: it was built against this Python.
-    candidates = [
-        os.environ.get("BACKSTAGE_UWSGI", ""),
-        str(Path(sys.executable).parent / "uwsgi"),
-        shutil.which("uwsgi") or "",
-    ]
+def _find_uwsgi(environments: Sequence[str], rejected: list[str]) -> tuple[str | None, list[str]]:
+    """The compiled uWSGI to run the Emperor with, and the places it was looked for.
+
+    BACKSTAGE_UWSGI, when set, is the only candidate. Otherwise: each Stage's own virtualenv (a uWSGI
+    installed there was built against the Python the Stage runs), then PATH, then beside the Python
+    running backstage.
+    """
+    override = os.environ.get("BACKSTAGE_UWSGI", "")
+    beside = Path(sys.executable).parent / "uwsgi"
+    if override:
+        looked = [f"BACKSTAGE_UWSGI={override}"]
+        candidates = [override]
+    else:
+        own = list(dict.fromkeys(str(Path(environment, "bin", "uwsgi")) for environment in environments))
+        looked = [*(f"{path} (the Stage's virtualenv)" for path in own), "uwsgi on PATH",
+                  *([] if str(beside) in own else [f"{beside} (beside {sys.executable})"])]
+        candidates = [*own, shutil.which("uwsgi") or "", str(beside)]
     seen: set[str] = set()
     for candidate in filter(None, candidates):
-        if candidate in seen or not os.access(candidate, os.X_OK):
+        if candidate in seen:
             continue
         seen.add(candidate)
+        if not os.access(candidate, os.X_OK):
+            if override:
+                rejected.append(f"{candidate}: {'not executable' if os.path.exists(candidate) else 'no such file'}")
+            continue
         found = _classify_uwsgi(candidate, rejected)
         if found:
-            return found
-    return None
+            return found, looked
+    return None, looked
 
 
-def find_components() -> Components:
+def _uwsgi_missing(environments: Sequence[str], looked: list[str]) -> str:
+    """What to do without a compiled uWSGI, in a user's words."""
+    override = os.environ.get("BACKSTAGE_UWSGI", "")
+    if override:
+        return (f"BACKSTAGE_UWSGI={override} is not a compiled uWSGI: point it at one, or unset it to use the one "
+                "in the Stage's virtualenv, on PATH or beside the Python running backstage")
+    into = (f"into the Stage's virtualenv (`{environments[0]}/bin/python -m pip install uwsgi`)" if environments
+            else "into the Python your Stages are built from (`python3 -m pip install uwsgi`)")
+    return ("a compiled uWSGI runs the Emperor and every vassal, and none was found (looked for "
+            + ", ".join(looked) + f"). Install one {into} or system-wide (`pip install uwsgi`); pip compiles "
+            "it, which needs a C compiler and the Python headers (Debian: `apt-get install build-essential "
+            "python3-dev`). The `pyuwsgi` wheel does not work: it cannot run as an Emperor. "
+            "BACKSTAGE_UWSGI=/path/to/uwsgi names one explicitly.")
+
+
+def find_components(environments: Sequence[str] = ()) -> Components:
     """The nginx and compiled uWSGI binaries to use; raises ComponentMissing, saying what to install.
 
-    BACKSTAGE_NGINX and BACKSTAGE_UWSGI override the search.
+    `environments`: the Stages' virtualenvs, whose own bin/uwsgi is preferred. BACKSTAGE_NGINX and
+    BACKSTAGE_UWSGI override the search.
     """
     rejected: list[str] = []
     found_nginx = _find_nginx(rejected)
-    found_uwsgi = _find_uwsgi(rejected)
+    found_uwsgi, looked = _find_uwsgi(environments, rejected)
     missing = []
     if not found_nginx:
-        missing.append("nginx (on Debian: `apt-get install nginx`; or set BACKSTAGE_NGINX to its path)")
+        missing.append("nginx is not installed (Debian: `apt-get install nginx`; or set BACKSTAGE_NGINX to its "
+                       "path)")
     if not found_uwsgi:
-        missing.append(
-            f"a compiled uWSGI (`pip install uwsgi` into the Python that runs backstage: `{sys.executable} -m "
-            "pip install uwsgi`; pyuwsgi does not work with the Emperor; or set BACKSTAGE_UWSGI to its path)"
-        )
+        missing.append(_uwsgi_missing(environments, looked))
     if missing:
         details = "".join(f"\n  - rejected {item}" for item in rejected)
-        raise ComponentMissing("the sandbox needs nginx and a compiled uWSGI; missing: " + "; ".join(missing)
-                               + details)
+        raise ComponentMissing("cannot start a sandbox: " + "; ".join(missing) + details)
     assert found_nginx and found_uwsgi
     return Components(nginx=found_nginx, uwsgi=found_uwsgi)
 
@@ -410,9 +439,13 @@ class Sandbox:
             self._outputs.clear()
 
     def leftover_pids(self) -> list[int]:
-        """Processes this sandbox started (or their children) that are still alive."""
+        """Processes this sandbox started (or their children) that are still alive: in a session it
+        started, carrying its token, or an nginx or uWSGI whose command line names a path under its root
+        (a vassal that dropped to a Stage's uid, or that lost its environment, is found all the same)."""
         me = os.getpid()
         marker = f"{TAG}={self.token}".encode()
+        inside = f"{self.root}/"
+        binaries = {os.path.realpath(self.components.nginx), os.path.realpath(self.components.uwsgi)}
         found = []
         for pid in procfs.pids():
             if pid == me:
@@ -420,7 +453,8 @@ class Sandbox:
             stat = procfs.stat(pid)
             if stat is None or stat.state == "Z":
                 continue
-            if stat.session in self._sessions or marker in procfs.environ(pid):
+            if (stat.session in self._sessions or marker in procfs.environ(pid)
+                    or (inside in procfs.title(pid) and _executable(pid) in binaries)):
                 found.append(pid)
         return found
 
@@ -442,6 +476,13 @@ class Sandbox:
         logs = (self.nginx_error_log, self.emperor_log, self.nginx_root / "stdout.log",
                 self.root / "emperor.stdout.log")
         return "\n".join(f"--- {log} (last {lines} lines) ---\n{_tail(log, lines)}" for log in logs)
+
+
+def _executable(pid: int) -> str:
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return ""
 
 
 def _read_pid(path: Path) -> int | None:
