@@ -28,10 +28,13 @@ MAX_SECRET = 1 << 20  # bytes: a secret is a key or a password, not a file to sh
 
 
 def _ids(uid: str, gid: str) -> tuple[int, int]:
-    """The numeric user and group a Stage runs as; root's for "" (the vassal keeps the Emperor's)."""
-    user = (int(uid) if uid.isdigit() else pwd.getpwnam(uid).pw_uid) if uid else 0
+    """The numeric user and group a Stage runs as; for "" the applying user's (root's on a host: the
+    vassal keeps the Emperor's), whose primary group is the default group."""
+    user = (int(uid) if uid.isdigit() else pwd.getpwnam(uid).pw_uid) if uid else os.geteuid()
     if gid:
         group = int(gid) if gid.isdigit() else grp.getgrnam(gid).gr_gid
+    elif not uid:
+        group = os.getegid()
     else:
         try:
             group = pwd.getpwuid(user).pw_gid

@@ -220,7 +220,7 @@ def _venue(name: str, raw: dict[str, Any]) -> Venue:
         tls=Tls(tls["certificate"], tls["key"]) if tls else None,
         redirect_http=bool(tls) and raw.get("redirect_http") is True,
         http_listen=str(raw["http_listen"]) if tls and raw.get("redirect_http") is True else None,
-        hsts=raw["hsts"],
+        hsts=raw.get("hsts", 0),  # `try` drops it with `tls`
         client_max_body_size=raw.get("client_max_body_size"),
         read_timeout=raw.get("read_timeout"),
     )
