@@ -99,22 +99,32 @@ def venue_contexts(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
         path = gig.get("path", "/")
         kind = sess.get("protocol", "uwsgi")
         _, _, upstream = endpoints(run_dir, f"{prod}--{gig['sess']}--{PLACEHOLDER_HASH}", sess)
+        venue = data["venues"][gig["venue"]]
         locations[gig["venue"]].append({
             "kind": kind, "gig": gig_name, "sess": gig["sess"], "path": path,
             "path_regex": targets.nginx.prefix_regex(path), "script_name": path.rstrip("/"), "upstream": upstream,
+            "body_size": gig.get("client_max_body_size"), "read_timeout": gig.get("read_timeout",
+                                                                                  venue.get("read_timeout")),
         })
         for prefix, directory in sorted(data["acts"][sess["act"]].get("static", {}).items()):
             locations[gig["venue"]].append({"kind": "static", "gig": gig_name, "path": path + prefix[1:],
-                                            "directory": directory})
+                                            "directory": directory, "cache": False})
     for name, venue in data["venues"].items():
         locs = sorted(locations[name], key=lambda loc: loc["path"])
         tls = venue.get("tls")
+        listen = venue.get("listen", 443 if tls else 80)
+        redirect = bool(tls) and venue.get("redirect_http", True)
         yield f"nginx/{name}.conf", {
             "production": prod,
-            "venue": {"name": name, "listen": venue.get("listen", 443 if tls else 80), "tls": tls,
-                      "hosts": (venue["domain"], *venue.get("aliases", ()))},
+            "venue": {"name": name, "listen": listen, "tls": tls,
+                      "hosts": (venue["domain"], *venue.get("aliases", ())), "redirect_http": redirect,
+                      "http_listen": venue.get("http_listen", 80), "client_max_body_size":
+                          venue.get("client_max_body_size")},
             "locations": locs,
             "has_root": any(loc["path"] == "/" for loc in locs),
+            "hsts": f"max-age={venue['hsts']}" if tls and venue.get("hsts") else "",
+            "https_port": int(str(listen).rsplit(":", 1)[-1]),
+            "acme_root": f"{data['production'].get('state_dir', '/var/lib/backstage/' + prod)}/acme",
         }
 
 

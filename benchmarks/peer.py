@@ -68,6 +68,9 @@ PLAYBOOK = """\
         venue: "{{ item.c.venue }}"
         locations: "{{ item.c.locations }}"
         has_root: "{{ item.c.has_root }}"
+        hsts: "{{ item.c.hsts }}"
+        https_port: "{{ item.c.https_port }}"
+        acme_root: "{{ item.c.acme_root }}"
 """
 
 
