@@ -242,6 +242,27 @@ def test_a_bad_secret_file_is_refused_before_anything_changes(host: Host, proble
     assert host.sandbox.get("www.env.test", "/").text == "ok v1"
 
 
+def test_a_secret_the_stage_user_cannot_reach_is_refused(host: Host) -> None:
+    """The vassal reads its secrets after dropping to the Stage's uid: a file it may read in a directory
+    it may not enter is refused before anything changes, naming the directory."""
+    host.live("v1")
+    before = host.links()
+    locked = host.tmp / "locked"
+    locked.mkdir(mode=0o700, exist_ok=True)
+    secret = locked / "key"
+    secret.write_bytes(b"value\n")
+    os.chown(secret, 65534, 65534)
+    secret.chmod(0o400)
+    text = host.production("v2", secrets={"S_BYTES": str(secret)}).read_text()
+    production = host.tmp / "production-nobody.toml"
+    production.write_text(text.replace('[stages.main]\n', '[stages.main]\nuid = "nobody"\ngid = "nogroup"\n', 1))
+    run = host.apply(production)
+    assert run.code == 1, run.err
+    assert "cannot be reached by nobody" in run.err and str(locked) in run.err, run.err
+    assert host.links() == before
+    assert host.sandbox.get("www.env.test", "/").text == "ok v1"
+
+
 def test_a_data_directory_another_user_owns_is_refused(host: Host) -> None:
     host.live("v1")
     os.chown(host.data, 65534, 65534)

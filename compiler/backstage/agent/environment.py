@@ -101,12 +101,36 @@ def secret_problem(secret: SecretPlan) -> str:
     if not readable:
         return (f"{what} cannot be read by {_name(user)}, whom the vassal runs as (owner "
                 f"{_name(info.st_uid)}, mode {mode:04o}); chown it to {_name(user)} with mode 0400 or 0600")
+    if blocked := _unsearchable(path.parent, user, group):
+        return (f"{what} cannot be reached by {_name(user)}, whom the vassal runs as: {blocked} is not "
+                f"searchable for it; chmod o+x {blocked}, or give it group {_group(group)} with g+x")
     try:
         value = _read(path)
     except OSError as exc:
         return f"{what}: {exc.strerror}"
     if b"\0" in value:
         return f"{what} holds a NUL byte, which no environment variable can hold"
+    return ""
+
+
+def _unsearchable(directory: Path, user: int, group: int) -> str:
+    """The first directory from / to `directory` that `user` (primary group `group`) may not pass."""
+    if user == 0:
+        return ""
+    try:
+        groups = set(os.getgrouplist(pwd.getpwuid(user).pw_name, group))
+    except KeyError:
+        groups = {group}
+    for step in [*reversed(directory.parents), directory]:
+        info = os.stat(step)
+        if info.st_uid == user:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return str(step)
     return ""
 
 
