@@ -35,6 +35,7 @@ from typing import Any
 
 from .. import compile as compile_production
 from ..agent.applog import ACCESS
+from ..agent.outcomes import Interrupted
 from ..contract import INSTALLER
 from ..errors import CONTROL
 from ..files import remove_tree
@@ -45,7 +46,7 @@ from ..phases.pipeline import check_file
 from . import handoff
 from .sandbox import TAG, Sandbox, SandboxError, find_components
 
-__all__ = ["SandboxError", "Stopped", "overlay", "parse_path_map", "run"]
+__all__ = ["SandboxError", "overlay", "parse_path_map", "run"]
 
 LABEL = "backstage try"
 PathMap = list[tuple[str, str]]
@@ -191,21 +192,9 @@ def overlay(sandbox: Sandbox, root: Path, maps: PathMap, summary: list[str] | No
 
 # ------------------------------------------------------------------------------------------ signals
 
-class Stopped(BaseException):
-    """SIGINT, SIGTERM or SIGHUP asked `try` to stop. A BaseException: no `except Exception` swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
-
-
 class _Signals:
     """SIGINT, SIGTERM and SIGHUP while `try` runs, whatever their inherited disposition (a background
-    job's SIGINT is ignored). The first one raises Stopped where the run is, or, inside `held()`, as that
+    job's SIGINT is ignored). The first one raises Interrupted where the run is, or, inside `held()`, as that
     block ends; any later one is only noted, so the clean-up that the first one started is never cut
     short."""
 
@@ -230,7 +219,7 @@ class _Signals:
             if self._held:
                 self._pending = signum
             else:
-                raise Stopped(signum)
+                raise Interrupted(signum)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -241,7 +230,7 @@ class _Signals:
         finally:
             self._held = False
         if self._pending is not None:
-            raise Stopped(self._pending)
+            raise Interrupted(self._pending)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -269,7 +258,7 @@ class _Rehearsal:
         self.cleaned = False
 
     def perform(self, signals: _Signals) -> int:
-        """Build, start and apply; returns only when that failed (a stop raises Stopped)."""
+        """Build, start and apply; returns only when that failed (a stop raises Interrupted)."""
         # The file as written first: its own errors, in the keys the overlay replaces too, at their
         # lines, and before a missing nginx or uWSGI is reported.
         checked = check_file(self.production_file)
@@ -363,13 +352,13 @@ class _Rehearsal:
             for line in lines:
                 _say(f"    {line}")
 
-    def stopped(self, stop: Stopped) -> int:
+    def stopped(self, stop: Interrupted) -> int:
         """Say so, and return the exit status: 0 for a stop once live (what the user asked for)."""
         if self.live:
             _say(f"stopping ({stop.name})")
             return 0
         _say(f"{LABEL}: stopped by {stop.name} before {self.name} went live")
-        return 128 + stop.signum
+        return stop.code
 
     def clean_up(self) -> bool:
         """Stop whatever the sandbox started and remove its directory (unless --keep); True if nothing was
@@ -414,15 +403,15 @@ def run(production_file: str, port: int | None, maps: PathMap, keep: bool = Fals
                 except SandboxError as exc:  # said before the sandbox, whose logs it quotes, is removed
                     _say(f"{LABEL}: {exc}")
                     code = 1
-                except Stopped as stop:
+                except Interrupted as stop:
                     code = rehearsal.stopped(stop)
                 finally:
                     clean = rehearsal.clean_up()
-            except Stopped as stop:
+            except Interrupted as stop:
                 # The first signal came during the clean-up (or just before it): it was cut short, and
                 # no signal raises any more, so this one finishes.
                 code = rehearsal.stopped(stop)
                 clean = rehearsal.clean_up()
-    except Stopped as stop:  # while the handlers were being put back: everything was done already
-        code = 128 + stop.signum
+    except Interrupted as stop:  # while the handlers were being put back: everything was done already
+        code = stop.code
     return code if clean else 1
