@@ -27,12 +27,32 @@ from .outcomes import Failed, Refused
 MAX_SECRET = 1 << 20  # bytes: a secret is a key or a password, not a file to ship
 
 
+def user_id(name: str) -> int:
+    """A Stage's `uid` (a name or a number) as a number; KeyError("user 'x'") when there is no such user."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise KeyError(f"user {name!r}") from None
+
+
+def group_id(name: str) -> int:
+    """A Stage's `gid` as a number; KeyError("group 'x'") when there is no such group."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise KeyError(f"group {name!r}") from None
+
+
 def _ids(uid: str, gid: str) -> tuple[int, int]:
     """The numeric user and group a Stage runs as; for "" the applying user's (root's on a host: the
     vassal keeps the Emperor's), whose primary group is the default group."""
-    user = (int(uid) if uid.isdigit() else pwd.getpwnam(uid).pw_uid) if uid else os.geteuid()
+    user = user_id(uid) if uid else os.geteuid()
     if gid:
-        group = int(gid) if gid.isdigit() else grp.getgrnam(gid).gr_gid
+        group = group_id(gid)
     elif not uid:
         group = os.getegid()
     else:

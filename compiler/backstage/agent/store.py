@@ -20,7 +20,6 @@ store meanwhile). None of them touches what serves: vassals, links and nginx are
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import pwd
@@ -543,8 +542,8 @@ def _identity(step: StepPlan) -> tuple[int | None, int | None, list[int] | None]
     """(uid, gid, supplementary groups) to run a step as; None for "as the applying user". A user without
     a group runs with the user's primary group and own groups, never root's."""
     try:
-        user = _uid(step.uid) if step.uid else None
-        group = _gid(step.gid) if step.gid else None
+        user = environment.user_id(step.uid) if step.uid else None
+        group = environment.group_id(step.gid) if step.gid else None
     except KeyError as exc:
         raise Failed(f"{step.kind} of Sess {step.sess}: no such {exc.args[0]}") from None
     if user is None:
@@ -555,24 +554,6 @@ def _identity(step: StepPlan) -> tuple[int | None, int | None, list[int] | None]
     if os.geteuid() != 0:
         return user, group, None
     return user, group, os.getgrouplist(entry.pw_name, group) if entry else []
-
-
-def _uid(name: str) -> int:
-    if name.isdigit():
-        return int(name)
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        raise KeyError(f"user {name!r}") from None
-
-
-def _gid(name: str) -> int:
-    if name.isdigit():
-        return int(name)
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise KeyError(f"group {name!r}") from None
 
 
 def _passwd(uid: int) -> pwd.struct_passwd | None:
