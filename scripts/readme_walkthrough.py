@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "compiler")]
+from conftest import host_table  # noqa: E402
 from harness import TestSandbox  # noqa: E402
 
 DIRS = ("/var/lib/backstage/mysite", "/run/backstage/mysite", "/var/log/backstage/mysite", "/var/lib/mysite",
@@ -61,14 +62,8 @@ MEDIA_ROOT = DATA_DIR / "media"
     prod = f'''[production]
 name = "mysite"
 
-[host]                       # this run's private nginx and Emperor; on a real host, leave [host] out
-vassals_dir = {q(host["vassals_dir"])}
-nginx_dir = {q(host["nginx_dir"])}
-nginx = {q(host["nginx"])}
-nginx_user = {q(host["nginx_user"])}
-emperor_stats = {q(host["emperor_stats"])}
-uwsgi = {q(host["uwsgi"])}
-
+# this run's private nginx and Emperor; on a real host, leave [host] out
+{host_table(host)}
 [stages.web]
 python = {q(sys.executable)}
 requirements = ["Django>=5.2,<6"]

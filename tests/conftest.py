@@ -63,6 +63,13 @@ state_dir = {q(str(tmp / "state"))}
 run_dir = {q(str(tmp / "run"))}
 log_dir = {q(str(tmp / "log"))}
 
+""" + host_table(host)
+
+
+def host_table(host: dict[str, object]) -> str:
+    """The [host] table that plugs a production into a sandbox (Sandbox.host_table())."""
+    q = json.dumps
+    return f"""\
 [host]
 vassals_dir = {q(host["vassals_dir"])}
 nginx_dir = {q(host["nginx_dir"])}
