@@ -280,6 +280,7 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
          environments: dict[str, Rendered], restarts: Mapping[str, int]) -> contract.Plan:
     """What the host agent needs to switch, probe and check (apply.json)."""
     host = production.host
+    played = _played(production)
     return contract.Plan(
         production=production.name,
         state_dir=production.state_dir,
@@ -306,35 +307,50 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
             contract.StagePlan(name, store, str(production.stages[name].python), _requirements_path(name),
                                production.stages[name].lock is not None)
             for name, (store, _) in sorted(stores.stages.items())),
-        steps=tuple(_steps(production, stores, environments)),
+        steps=tuple(_steps(production, stores, environments, played)),
         entries=tuple(contract.EntryPlan(name, rendered.store, _entry_files(name))
                       for name, rendered in sorted(environments.items())),
-        secrets=tuple(
-            contract.SecretPlan(name, variable, path, production.stages[production.sesses[name].stage].uid or "",
-                                production.stages[production.sesses[name].stage].gid or "")
-            for name, rendered in sorted(environments.items()) for variable, path in rendered.secrets),
-        data=tuple(_data(production)),
+        secrets=tuple(_secrets(production, environments)),
+        data=tuple(_data(production, played)),
     )
 
 
-def _data(production: Production) -> list[contract.DataPlan]:
+def _secrets(production: Production, environments: dict[str, Rendered]) -> list[contract.SecretPlan]:
+    """Each Sess's secret files, with the user and group its vassal reads them as."""
+    found = []
+    for name, rendered in sorted(environments.items()):
+        stage = production.stages[production.sesses[name].stage]
+        found += [contract.SecretPlan(name, variable, path, stage.uid or "", stage.gid or "")
+                  for variable, path in rendered.secrets]
+    return found
+
+
+def _played(production: Production) -> dict[str, list[Sess]]:
+    """Act -> the Sesses that play it, by name (each Act's first is the one its release steps run as)."""
+    played: dict[str, list[Sess]] = {}
+    for sess in production.sesses.values():
+        played.setdefault(sess.act, []).append(sess)
+    return played
+
+
+def _data(production: Production, played: dict[str, list[Sess]]) -> list[contract.DataPlan]:
     """Each played Act's data directory, owned as its Stage runs (check made the Stages of one Act agree)."""
     found = []
     for act in production.acts.values():
-        sess = next((s for s in production.sesses.values() if s.act == act.name), None)
-        if act.data and sess:
-            stage = production.stages[sess.stage]
+        if act.data and act.name in played:
+            stage = production.stages[played[act.name][0].stage]
             found.append(contract.DataPlan(act.name, act.data, stage.uid or "", stage.gid or ""))
     return found
 
 
-def _steps(production: Production, stores: Stores, environments: dict[str, Rendered]) -> list[contract.StepPlan]:
+def _steps(production: Production, stores: Stores, environments: dict[str, Rendered],
+           played: dict[str, list[Sess]]) -> list[contract.StepPlan]:
     """Each Act's release steps, run as its first Sess (by name) would run: its environment, its Stage.
     collectstatic once per Stage the Act plays on; migrate and release once per Act. Acts no Sess plays
     run nothing."""
     steps: list[contract.StepPlan] = []
     for act in production.acts.values():
-        sesses = [s for s in production.sesses.values() if s.act == act.name]
+        sesses = played.get(act.name, [])
         if not act.django or not sesses:
             continue
         first = sesses[0]
