@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import (
@@ -48,12 +47,11 @@ from ..contract import (
     read_plan,
 )
 from ..files import remove_tree
-from . import environment, procfs, trust
+from . import commands, environment, procfs, trust
 from .outcomes import Failed, Refused, crash_point, say
 
 KINDS = ("act", "entry", "stage", "static")
 TMP = ".tmp-"  # every temporary entry of the store starts so; collect sweeps them
-TAIL = 15  # lines of an installer's or a step's output a failure quotes
 BUILD_TIMEOUT = 1800.0  # seconds a Stage's installer may take
 STEP_TIMEOUT = 3600.0  # seconds a release step may take (a migration can be long; a killed one is worse)
 PROBE_TIMEOUT = 60.0  # `python -c ...`, `uwsgi --python-version`
@@ -383,7 +381,7 @@ def _install(stage: StagePlan, lock: str, argv: list[str], cwd: Path, running: b
     (or saying `failure`)."""
     env = {k: v for k, v in os.environ.items() if k not in INSTALLER_DROPS}
     env.setdefault("PATH", DEFAULT_PATH)
-    done = _run(argv, cwd=cwd, env=env, timeout=BUILD_TIMEOUT, umask=0o022,
+    done = commands.run(argv, cwd=cwd, env=env, timeout=BUILD_TIMEOUT, umask=0o022,
                 started=(lambda: crash_point("stage-installing")) if running else None)
     if done.code == 0:
         return
@@ -392,7 +390,7 @@ def _install(stage: StagePlan, lock: str, argv: list[str], cwd: Path, running: b
     status = f"did not finish within {BUILD_TIMEOUT:.0f} s" if done.timed_out else f"exited with status {done.code}"
     first = failure or (f"Stage {stage.name}: cannot install {culprit}" if culprit
                         else f"Stage {stage.name}: the environment could not be built")
-    raise Failed(f"{first} ({command} {status}); the installer's output ends:\n{_tail(done.output)}")
+    raise Failed(f"{first} ({command} {status}); the installer's output ends:\n{commands.tail(done.output)}")
 
 
 def _short(argv: Sequence[str]) -> list[str]:
@@ -528,12 +526,12 @@ def _run_step(step: StepPlan, env: Iterable[tuple[str, str]], timeout: float, lo
     user, group, groups = _identity(step)
     command = shlex.join(step.argv)
     log(f"release: {step.kind} ({step.sess}): {command}")
-    done = _run(list(step.argv), cwd=Path(step.cwd), env=variables, timeout=timeout, user=user, group=group,
+    done = commands.run(list(step.argv), cwd=Path(step.cwd), env=variables, timeout=timeout, user=user, group=group,
                 extra_groups=groups, started=started)
     if done.code != 0:
         status = f"did not finish within {timeout:.0f} s" if done.timed_out else f"exited with status {done.code}"
         raise Failed(f"{step.kind} of Sess {step.sess} failed: {command} {status}; its output ends:\n"
-                     f"{_tail(done.output)}")
+                     f"{commands.tail(done.output)}")
     if step.kind == "release" and done.output.strip():  # `check --deploy`'s warnings, say
         log("\n".join(f"    {line.rstrip()}" for line in done.output.splitlines() if line.strip()))
 
@@ -561,57 +559,6 @@ def _passwd(uid: int) -> pwd.struct_passwd | None:
         return pwd.getpwuid(uid)
     except KeyError:
         return None
-
-
-# ---------------------------------------------------------------------------------------- processes
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    code: int
-    output: str  # stdout and stderr, interleaved as written
-    timed_out: bool = False
-
-
-def _run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, user: int | None = None,
-         group: int | None = None, extra_groups: list[int] | None = None, umask: int = -1,
-         started: Callable[[], None] | None = None) -> Done:
-    """Run `argv` (no shell, stdin from /dev/null) in a session of its own, so that a timeout or an
-    interruption kills everything it started; `started` is called once it runs (the tests' crash points)."""
-    try:
-        process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, start_new_session=True, user=user, group=group,
-                                   extra_groups=extra_groups, umask=umask)
-    except OSError as exc:
-        return Done(127, f"{argv[0]}: {exc.strerror or exc}")
-    output = b""
-    try:
-        if started:
-            started()
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _stop_session(process)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            output, _ = process.communicate(timeout=10)
-        return Done(process.wait(), output.decode("utf-8", "replace"), timed_out=True)
-    except BaseException:  # Interrupted (a stopping signal), or anything else: nothing is left running
-        _stop_session(process)
-        raise
-    return Done(process.returncode, output.decode("utf-8", "replace"))
-
-
-def _stop_session(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the command's whole session (a migration may roll back cleanly), SIGKILL to what is
-    left of it 5 s later."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signum)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
-
-
-def _tail(output: str) -> str:
-    lines = [line.rstrip() for line in output.splitlines() if line.strip()][-TAIL:]
-    return "\n".join(f"    {line}" for line in lines) or "    (no output)"
 
 
 # --------------------------------------------------------------------------------------- files
