@@ -42,7 +42,7 @@ def test_build_prints_path_and_summary_and_links_result(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     path = Path(run.out.strip())
     assert path.parent == tmp_path / "out" and path.name.startswith("jazzclub-")
-    assert "built: 4 vassals, 3 venues (1 closed), 4 gigs" in run.err
+    assert "built: 4 vassals, 4 venues (1 closed), 5 gigs" in run.err
     result = tmp_path / "out" / "result"
     assert result.is_symlink() and os.readlink(result) == path.name
     files = tree(path)

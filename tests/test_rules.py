@@ -48,6 +48,13 @@ def with_(*edits: tuple[str, str]) -> str:
     return text
 
 
+ACME_CA = '\n[host.acme]\ndirectory = "https://ca.test/dir"\n'
+
+
+HOST_ADDRESS = '[host]\naddress = "192.0.2.10"\n'
+PRODUCER = '[producer]\napi = "http://127.0.0.1:8081"\napi_key_file = "/etc/pdns.key"\n[producer.zones."example.com"]\n'
+
+
 def add(extra: str) -> str:
     return BASE + "\n" + extra
 
@@ -148,6 +155,41 @@ CASES: list[tuple[str, str, str, str]] = [
                                       'domain = "example.com"\ntls = { certificate = "/c.pem", key = "/k.pem" }\n'
                                       'http_listen = 443 # <-')),
      "BS208", "venues.example.http_listen"),
+    ("acme-without-host-acme", with_(('domain = "example.com"',
+                                      'domain = "example.com"\ntls = { acme = true } # <-')),
+     "BS218", "venues.example.tls.acme"),
+    ("acme-and-files", with_(('domain = "example.com"',
+                              'domain = "example.com"\ntls = { acme = true, key = "/k.pem" } # <-')) + ACME_CA,
+     "BS217", "venues.example.tls.key"),
+    ("acme-without-redirect", with_(('domain = "example.com"', 'domain = "example.com"\ntls = { acme = true }\n'
+                                     'redirect_http = false # <-')) + ACME_CA,
+     "BS218", "venues.example.redirect_http"),
+    ("tls-without-key", with_(('domain = "example.com"', 'domain = "example.com"\ntls = { certificate = "/c" } # <-')),
+     "BS217", "venues.example.tls"),
+    ("acme-directory", add('[host.acme]\ndirectory = "ftp://ca.test" # <-\n'), "BS124", "host.acme.directory"),
+    # the Producer.
+    ("dns-no-address", add(PRODUCER + 'records = []\n').replace('domain = "example.com"',
+                                                                 'domain = "example.com" # <-'),
+     "BS220", "venues.example.domain"),
+    ("dns-bad-mx", add(HOST_ADDRESS + PRODUCER + 'records = [{ name = "@", type = "MX", content = "10 mail" }] # <-\n'),
+     "BS127", "producer.zones.\"example.com\".records[0].content"),
+    ("dns-bad-a", add(HOST_ADDRESS + PRODUCER + 'records = [{ name = "x", type = "A", content = "1.2.3" }] # <-\n'),
+     "BS127", "producer.zones.\"example.com\".records[0].content"),
+    ("dns-txt-unquoted", add(HOST_ADDRESS + PRODUCER
+                             + 'records = [{ name = "x", type = "TXT", content = "hi" }] # <-\n'),
+     "BS127", "producer.zones.\"example.com\".records[0].content"),
+    ("dns-outside-zone", add(HOST_ADDRESS + PRODUCER
+                             + 'records = [{ name = "x.example.org.", type = "A", content = "192.0.2.1" }] # <-\n'),
+     "BS219", "producer.zones.\"example.com\".records[0].name"),
+    ("dns-venue-name-cname", add(HOST_ADDRESS + PRODUCER
+                                 + 'records = [{ name = "@", type = "CNAME", content = "other.org." }] # <-\n'),
+     "BS219", "producer.zones.\"example.com\".records[0].type"),
+    ("dns-cname-beside-data", add(HOST_ADDRESS + PRODUCER
+                                  + 'records = [{ name = "m", type = "MX", content = "10 mail.example.com." },\n'
+                                  '  { name = "m", type = "CNAME", content = "other.org." }] # <-\n'),
+     "BS219", "producer.zones.\"example.com\".records[1].type"),
+    ("dns-api", add('[producer]\napi = "ftp://x" # <-\napi_key_file = "/k"\nzones = {}\n'), "BS126", "producer.api"),
+    ("dns-address6", add('[host]\naddress6 = "2001:db8::zz" # <-\n'), "BS124", "host.address6"),
     ("body-size", with_(('domain = "example.com"', 'domain = "example.com"\nclient_max_body_size = "10 MB" # <-')),
      "BS125", "venues.example.client_max_body_size"),
     ("read-timeout", with_(('sess = "blog"', 'sess = "blog"\nread_timeout = 0 # <-')),

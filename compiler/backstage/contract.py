@@ -138,6 +138,99 @@ class DataPlan:
     gid: str
 
 
+ACME_WEBROOT = "acme"  # state_dir/acme/: certbot's webroot, served at /.well-known/acme-challenge/
+CERTS = "certs"  # state_dir/certs/: certbot's own config dir (live/<venue>/...), outside every generation
+CHALLENGES = "acme"  # an artifact's directory of challenge-only server files, one per ACME Venue
+
+
+@dataclass(frozen=True, slots=True)
+class AcmePlan:
+    """[host.acme]: the CA that ACME Venues get their certificates from, through `certbot` (a command prefix)."""
+
+    directory: str
+    email: str  # "" registers without one
+    certbot: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatePlan:
+    """An ACME Venue's certificate: certbot's lineage `venue` under state_dir/certs/, for `names`.
+
+    Until it exists (for exactly these names) the Venue is served from `challenge` (a file of the
+    artifact: its plain-HTTP side, answering the challenge and 503 otherwise) while certbot gets it;
+    only then does the TLS server, which reads `fullchain` and `key`, go live."""
+
+    venue: str
+    names: tuple[str, ...]
+    fullchain: str
+    key: str
+    challenge: str  # "acme/<venue>.conf"
+
+
+DNS = "dns"  # an artifact's directory of zones: dns/<zone>.json, the RRsets the production owns there
+
+
+@dataclass(frozen=True, slots=True)
+class RRset:
+    """One RRset backstage owns: absolute `name` (with its dot), `type`, `ttl`, the contents sorted."""
+
+    name: str
+    type: str
+    ttl: int
+    records: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ZonePlan:
+    """A zone backstage writes into (`zone` absolute, with its dot) and the artifact's file of its RRsets."""
+
+    zone: str
+    file: str  # "dns/<zone>.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerPlan:
+    """[producer]: PowerDNS's API. The key is read from `api_key_file` on the host when applying; backstage
+    owns exactly the RRsets whose comment is `mark`."""
+
+    api: str
+    api_key_file: str
+    server: str
+    mark: str  # "backstage:<production>"
+    zones: tuple[ZonePlan, ...]
+
+
+def zone_json(zone: str, rrsets: Iterable[RRset]) -> bytes:
+    """dns/<zone>.json: the zone and its RRsets sorted by name and type, one per line."""
+    ordered = sorted(rrsets, key=lambda r: (r.name, r.type))
+    lines = ",\n".join(f"    {json.dumps(asdict(r), sort_keys=True)}" for r in ordered)
+    body = f"[\n{lines}\n  ]" if ordered else "[]"
+    return f'{{\n  "rrsets": {body},\n  "zone": {json.dumps(zone)}\n}}\n'.encode()
+
+
+def read_zone(raw: bytes) -> tuple[str, tuple[RRset, ...]]:
+    """The zone and RRsets of a dns/<zone>.json (ContractError if it is not one)."""
+    try:
+        data = _object(json.loads(raw), "zone file")
+        rrsets = []
+        for item in _list(data["rrsets"]):
+            entry = _object(item, "rrset")
+            ttl = entry["ttl"]
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+                raise ValueError("ttl is not a positive integer")
+            rrsets.append(RRset(_str(entry["name"]), _str(entry["type"]), ttl,
+                                tuple(_str(r) for r in _list(entry["records"]))))
+        return _str(data["zone"]), tuple(rrsets)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ContractError(f"not a backstage zone file: {exc}") from None
+
+
+def certificate_files(state_dir: str, venue: str) -> tuple[str, str]:
+    """Where certbot keeps an ACME Venue's certificate chain and key (its `live/` links)."""
+    live = f"{state_dir.rstrip('/')}/{CERTS}/live/{venue}"
+    return f"{live}/fullchain.pem", f"{live}/privkey.pem"
+
+
 @dataclass(frozen=True, slots=True)
 class StagePlan:
     """A Stage backstage builds: a virtualenv made at store/`store` from the artifact's `requirements`.
@@ -192,6 +285,9 @@ class Plan:
     entries: tuple[EntryPlan, ...] = ()
     secrets: tuple[SecretPlan, ...] = ()
     data: tuple[DataPlan, ...] = ()
+    acme: AcmePlan | None = None
+    certificates: tuple[CertificatePlan, ...] = ()
+    producer: ProducerPlan | None = None
 
     @property
     def store_dir(self) -> str:
@@ -253,6 +349,9 @@ def _plan(value: Any) -> Plan:
             entries=tuple(_fields(EntryPlan, item) for item in _list(data.get("entries", []))),
             secrets=tuple(_fields(SecretPlan, item) for item in _list(data.get("secrets", []))),
             data=tuple(_fields(DataPlan, item) for item in _list(data.get("data", []))),
+            acme=_acme(data.get("acme")),
+            certificates=tuple(_certificate(item) for item in _list(data.get("certificates", []))),
+            producer=_producer(data.get("producer")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ContractError(f"{PLAN} is not a backstage plan: {exc}") from None
@@ -271,6 +370,27 @@ def _fields(cls: type[Any], value: Any) -> Any:
         else:
             values[item.name] = _str(raw)
     return cls(**values)
+
+
+def _acme(value: Any) -> AcmePlan | None:
+    if value is None:
+        return None
+    data = _object(value, "acme")
+    return AcmePlan(_str(data["directory"]), _str(data["email"]), tuple(_str(a) for a in _list(data["certbot"])))
+
+
+def _producer(value: Any) -> ProducerPlan | None:
+    if value is None:
+        return None
+    data = _object(value, "producer")
+    return ProducerPlan(_str(data["api"]), _str(data["api_key_file"]), _str(data["server"]), _str(data["mark"]),
+                        tuple(_fields(ZonePlan, z) for z in _list(data["zones"])))
+
+
+def _certificate(value: Any) -> CertificatePlan:
+    data = _object(value, "certificate")
+    return CertificatePlan(_str(data["venue"]), tuple(_str(n) for n in _list(data["names"])), _str(data["fullchain"]),
+                           _str(data["key"]), _str(data["challenge"]))
 
 
 def _step(value: Any) -> StepPlan:

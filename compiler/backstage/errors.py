@@ -41,6 +41,8 @@ CODES: dict[str, str] = {
     "BS123": "invalid health path",
     "BS124": "invalid host setting",
     "BS125": "invalid nginx size",
+    "BS126": "invalid Producer setting",
+    "BS127": "invalid DNS record",
     "BS201": "a reference names nothing that exists",
     "BS202": "a domain or alias is claimed twice",
     "BS203": "a port is used twice",
@@ -57,6 +59,10 @@ CODES: dict[str, str] = {
     "BS214": "a variable is given in both `env` and `secrets`",
     "BS215": "an Act's data directory cannot be used",
     "BS216": "a plain-HTTP setting of a Venue without TLS",
+    "BS217": "`tls` needs either `acme = true` or both `certificate` and `key`",
+    "BS218": "an ACME Venue cannot get its certificate",
+    "BS219": "a DNS record does not fit its zone",
+    "BS220": "a Venue's DNS name has no address to point at",
 }
 
 

@@ -1,4 +1,4 @@
-"""The agent's command line, as install.sh passes it on: ARTIFACT apply|rollback|generations|gc.
+"""The agent's command line, as install.sh passes it on: ARTIFACT apply|rollback|renew|generations|gc.
 
 Exit codes: 0 done; 1 failed (and undone); 2 refused, nothing changed; 3 a bug (one line; set
 BACKSTAGE_DEBUG=1 for a traceback); 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP),
@@ -15,12 +15,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..contract import ContractError, Timeouts, flag, read_plan
-from .generations import gc, generations, rollback_target
+from . import acme
+from .generations import gc, generation_zones, generations, rollback_target
 from .outcomes import SIGNALS, Interrupted, Refused, out, say, watch_parent
 from .state import State
 from .switch import describe, switch
 
-GC_LOCK_WAIT = Timeouts().lock_wait
+GC_LOCK_WAIT = Timeouts().lock_wait  # gc and renew: how long they wait for an apply
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_BUG = 3
@@ -36,9 +37,13 @@ def parser() -> argparse.ArgumentParser:
     defaults = Timeouts()
     for sub in (apply, rollback):
         sub.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+        sub.add_argument("--force", action="store_true", help="make a DNS change larger than the guard allows")
         for field in fields(Timeouts):
             sub.add_argument(flag(field.name), dest=field.name, type=float, default=getattr(defaults, field.name),
                              metavar="SECONDS")
+    renew = verbs.add_parser("renew", help="renew the live generation's ACME certificates that are due")
+    renew.add_argument("--force", action="store_true", help="renew every one now")
+    renew.add_argument(flag("drain"), dest="drain", type=float, default=defaults.drain, metavar="SECONDS")
     verbs.add_parser("generations", help="list kept generations")
     collect = verbs.add_parser("gc", help="delete old generations")
     collect.add_argument("--keep", type=int, required=True)
@@ -77,21 +82,29 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     artifact: Path = args.artifact.resolve()
     if args.verb == "apply":
-        return switch(artifact, timeouts(args), dry_run=args.dry_run)
+        return switch(artifact, timeouts(args), dry_run=args.dry_run, force=args.force)
     state = State(read_plan(artifact))
     if args.verb == "rollback":
         chosen = timeouts(args)
         if args.dry_run:  # no lock: a dry run neither waits nor writes
             target = rollback_target(state, args.to)
             out(f"would roll back to {target.name}")
-            return switch(target, chosen, dry_run=True)
+            return switch(target, chosen, dry_run=True, force=args.force)
         with state.lock(chosen.lock_wait):  # the target is chosen and switched to under one lock
             target = rollback_target(state, args.to)
             say(f"rolling back to {target.name}")
-            return switch(target, chosen, locked=True)
+            return switch(target, chosen, locked=True, force=args.force)
+    if args.verb == "renew":
+        with state.lock(GC_LOCK_WAIT):
+            if state.current_name() != artifact.name:
+                out("no generation is live: nothing to renew")
+                return 0
+            return acme.renew(state, args.force, args.drain)
     if args.verb == "generations":
         for g in generations(state):
-            out(f"{'*' if g.current else ' '} {g.name}  {g.applied or '(never live)'}")
+            zones = generation_zones(state, g.name)
+            out(f"{'*' if g.current else ' '} {g.name}  {g.applied or '(never live)'}"
+                + (f"  dns: {', '.join(zones)}" if zones else ""))
         return 0
     with state.lock(GC_LOCK_WAIT):
         for name in gc(state, args.keep):

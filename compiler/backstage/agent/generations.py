@@ -50,6 +50,15 @@ def vassal_files(state: State, name: str) -> set[str] | None:
         return None
 
 
+def generation_zones(state: State, name: str) -> list[str]:
+    """The DNS zones the kept generation `name` writes records into ([] without a Producer)."""
+    try:
+        plan = read_plan(state.generations / name)
+    except ContractError:
+        return []
+    return [z.zone for z in plan.producer.zones] if plan.producer else []
+
+
 def complete(state: State, name: str, linked: set[str]) -> bool:
     """Whether every vassal of generation `name` is linked: it could serve at once."""
     files = vassal_files(state, name)

@@ -38,13 +38,14 @@ def test(command: Sequence[str], what: str) -> None:
         raise NginxError(f"nginx -t of {what} failed:\n" + done.stderr.strip())
 
 
-def test_servers(command: Sequence[str], servers: Path) -> None:
-    """`nginx -t` of `servers`/*.conf alone, in a private prefix, before the host is touched."""
+def test_servers(command: Sequence[str], servers: Sequence[Path]) -> None:
+    """`nginx -t` of the server files `servers` alone, in a private prefix, before the host is touched."""
     with tempfile.TemporaryDirectory(prefix="backstage-nginx-t-") as tmp:
         conf = Path(tmp, "nginx.conf")
         temps = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in TEMP_KINDS)
         conf.write_text(f"pid {tmp}/nginx.pid;\nerror_log {tmp}/error.log warn;\nevents {{}}\n"
-                        f"http {{\n{temps}    access_log off;\n    include {servers}/*.conf;\n}}\n")
+                        f"http {{\n{temps}    access_log off;\n"
+                        + "".join(f'    include "{path}";\n' for path in servers) + "}\n")
         done = run([*command, "-t", "-p", tmp, "-c", str(conf)])
         if done.returncode != 0:
             raise NginxError("nginx -t of the new generation failed:\n" + done.stderr.strip())

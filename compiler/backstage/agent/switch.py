@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..contract import ContractError, Plan, Timeouts, VassalPlan, read_plan, verify
 from ..files import link, remove_tree, unlink
-from . import applog, emperor, environment, nginx, procfs, store
+from . import acme, applog, dns, emperor, environment, nginx, procfs, store
 from .generations import return_target
 from .outcomes import SIGNALS, Failed, Interrupted, Refused, crash_point, out, say
 from .probes import gig_answers, vassal_answers
@@ -56,12 +56,15 @@ class Progress:
     had_nginx_link: bool
     installing: bool = False  # copying the artifact into generations/ (a partial copy to remove)
     started: list[str] = field(default_factory=list)  # vassal links added (or being added)
+    challenges: bool = False  # the nginx link may point at state_dir/acme.conf (ACME challenges)
     switched: bool = False  # `current` and the nginx link may point at the new generation
     reload_sent: bool = False  # nginx may have been told to load the new generation
+    dns_sent: list[dns.ZoneChange] = field(default_factory=list)  # zones PATCHed (or being PATCHed)
 
     def changed(self, state: State) -> bool:
         """Whether anything that serves was touched (an added link, `current`), not only begun."""
-        return self.switched or any(os.path.lexists(state.vassals_dir / name) for name in self.started)
+        return (self.switched or self.challenges or bool(self.dns_sent)
+                or any(os.path.lexists(state.vassals_dir / name) for name in self.started))
 
 
 def plan_steps(state: State) -> Steps:
@@ -337,26 +340,37 @@ def describe(exc: BaseException) -> str:
 
 # -------------------------------------------------------------------------------------- the switch
 
-def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bool = False) -> int:
+def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bool = False,
+           force: bool = False) -> int:
     """Make `artifact` live; returns the exit code. Refused (or ContractError) means nothing changed.
 
     `locked`: the caller already holds the production's lock (a rollback chooses its target under it).
-    A dry run takes no lock, waits for none and writes nothing.
+    A dry run takes no lock, waits for none and writes nothing. `force`: a DNS change over the guard's
+    share is made (dns.py).
     """
     verify(artifact)
     plan = read_plan(artifact)
     state = State(plan)
     try:
-        nginx.test_servers(plan.host.nginx, artifact / NGINX)
+        nginx.test_servers(plan.host.nginx, servers_to_test(plan, artifact))
     except nginx.NginxError as exc:
         raise Refused(str(exc)) from None
     crash_point("verified")
     if dry_run:
-        return dry_run_switch(state)
+        return dry_run_switch(state, artifact, force)
     if locked:
-        return locked_switch(state, artifact, timeouts)
+        return locked_switch(state, artifact, timeouts, force)
     with state.lock(timeouts.lock_wait):
-        return locked_switch(state, artifact, timeouts)
+        return locked_switch(state, artifact, timeouts, force)
+
+
+def servers_to_test(plan: Plan, artifact: Path) -> list[Path]:
+    """The artifact's server files, an ACME Venue's challenge file in place of its own while its
+    certificate is missing (the host's `nginx -t` tests the TLS server once certbot got it)."""
+    files = {path.name: path for path in sorted((artifact / NGINX).glob("*.conf"))}
+    for cert in acme.missing(plan):
+        files[f"{cert.venue}.conf"] = artifact / cert.challenge
+    return [files[name] for name in sorted(files)]
 
 
 def refuse_unstartable(state: State, steps: Steps) -> None:
@@ -370,15 +384,19 @@ def refuse_unstartable(state: State, steps: Steps) -> None:
         raise Refused("; ".join(taken) + ". Free the port or give the Sess another `port`; nothing was changed.")
 
 
-def dry_run_switch(state: State) -> int:
+def dry_run_switch(state: State, artifact: Path, force: bool) -> int:
     steps = plan_steps(state)
     refuse_unstartable(state, steps)
+    zone_changes = dns.prepare(state, artifact, force)
     if not os.path.lexists(state.root):
         out(f"state_dir {state.root} does not exist yet: apply would create it")
     root = Path(state.plan.store_dir)
     for name in sorted(state.plan.store_paths()):
         if not store.complete(root / name):
             out(f"build store path {name}")
+    for cert in acme.missing(state.plan):
+        ca = state.plan.acme.directory if state.plan.acme else "?"
+        out(f"get   the certificate of venue {cert.venue} ({', '.join(cert.names)}) from {ca}")
     for step in state.plan.steps:
         if step.kind != "collectstatic" or not store.complete(root / step.static):
             out(f"run   {step.kind} of act {step.act}: {' '.join(step.argv)}")
@@ -386,12 +404,16 @@ def dry_run_switch(state: State) -> int:
         for name in names:
             out(f"{verb:5} vassal {name}")
     out("nginx: test and reload")
+    for zone_change in zone_changes:
+        for change in zone_change.changes:
+            out(f"dns   {change.describe()}")
     return 0
 
 
-def locked_switch(state: State, artifact: Path, timeouts: Timeouts) -> int:
+def locked_switch(state: State, artifact: Path, timeouts: Timeouts, force: bool = False) -> int:
     steps = plan_steps(state)
     refuse_unstartable(state, steps)
+    zone_changes = dns.prepare(state, artifact, force)  # read-only: PowerDNS's zones, what would change
     progress = Progress(previous=return_target(state), before=state.current_name(),
                         had_nginx_link=state.nginx_link.is_symlink())
     try:
@@ -404,7 +426,10 @@ def locked_switch(state: State, artifact: Path, timeouts: Timeouts) -> int:
         # The store before any new vassal starts: Acts, built Stages, collectstatic, migrate, release.
         # It changes nothing that serves; a failure here is undone like any other.
         store.prepare(state.plan, generation)
+        get_certificates(state, generation, progress, timeouts)
         go_live(state, generation, steps, progress, timeouts)
+        # DNS last: only once the web side is proven, and inside the same lock; undone with it.
+        dns.send(state.plan, zone_changes, progress.dns_sent)
         SIGNALS.hold()  # from here on a signal only waits for the switch to finish
         state.record(artifact.name, "ok")  # the point of no return
     except (Exception, Interrupted) as stop:
@@ -424,12 +449,32 @@ def locked_switch(state: State, artifact: Path, timeouts: Timeouts) -> int:
     wake_emperor(state.plan)
     for verb, names in steps.by_verb():
         out(f"{verb:5} {len(names)} vassal(s)" + "".join(f"\n      {n}" for n in names))
+    for zone_change in zone_changes:
+        out(f"dns   zone {zone_change.zone}: {len(zone_change.changes)} RRset(s) changed"
+            + "".join(f"\n      {c.describe()}" for c in zone_change.changes))
     for warning in warnings:
         say(warning)
     if SIGNALS.received is not None:
         say(f"{SIGNALS.name()} came after the new generation was proven live; the switch was finished")
     out(f"live: {generation}")
     return 0
+
+
+def get_certificates(state: State, generation: Path, progress: Progress, timeouts: Timeouts) -> None:
+    """Before any vassal starts: the certificates the generation's ACME Venues lack, their challenges
+    served meanwhile through state_dir/acme.conf (acme.py)."""
+    acme.prepare(state.plan)
+
+    def serve(config: Path) -> None:
+        progress.challenges = True
+        point(state.nginx_link, config)
+        crash_point("challenges-linked")
+        nginx_test_host(state.plan)
+        reload_nginx(state.plan, timeouts.drain, progress)
+        crash_point("challenges-served")
+
+    acme.obtain(state, generation, serve)
+    crash_point("certificates")
 
 
 def go_live(state: State, generation: Path, steps: Steps, progress: Progress, timeouts: Timeouts) -> None:
@@ -494,21 +539,23 @@ def undo(state: State, progress: Progress, timeouts: Timeouts) -> list[str]:
     running (serving nothing, or serving what nginx still routes to them) until a later run.
     """
     plan = state.plan
-    notes: list[str] = []
+    notes: list[str] = dns.undo(plan, progress.dns_sent)  # the last change made, so the first undone
     if progress.installing:
         for partial in state.generations.glob(".tmp-*"):
             try:
                 remove_tree(partial)
             except OSError as exc:
                 notes.append(f"a partial copy is left: {describe(exc)}")
-    if progress.switched:
+    if progress.switched or progress.challenges:
         try:
-            if progress.previous:
+            if progress.switched and progress.previous:
                 point(state.current, Path(GENERATIONS) / progress.previous)
-            else:
+            elif progress.switched:
                 unlink(state.current)
             if not progress.had_nginx_link:
                 unlink(state.nginx_link)
+            else:
+                point(state.nginx_link, state.current / INCLUDE)
         except OSError as exc:
             notes.append(f"`current` could not be pointed back ({describe(exc)}); run rollback once it can")
     nginx_back = True

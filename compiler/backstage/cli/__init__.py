@@ -97,7 +97,7 @@ def _apply(args: argparse.Namespace) -> int:
     if (target / "result").is_symlink():
         target = target / "result"
     target = target.resolve()
-    extra = ["--dry-run"] if args.dry_run else []
+    extra = (["--dry-run"] if args.dry_run else []) + (["--force"] if args.force else [])
     with handoff.staged(target, args.dry_run) as copy:
         return _installer_exit(handoff.run_installer(copy / contract.INSTALLER, "apply", *extra, *_timeouts(args)))
 
@@ -120,8 +120,15 @@ def _build_for_apply(production: Path, restart: list[str], output: str) -> Path:
 
 def _rollback(args: argparse.Namespace) -> int:
     script = handoff.installer(handoff.state_dir(args.production))
-    extra = (["--to", args.to] if args.to else []) + (["--dry-run"] if args.dry_run else [])
+    extra = ((["--to", args.to] if args.to else []) + (["--dry-run"] if args.dry_run else [])
+             + (["--force"] if args.force else []))
     return _installer_exit(handoff.run_installer(script, "rollback", *extra, *_timeouts(args)))
+
+
+def _renew(args: argparse.Namespace) -> int:
+    script = handoff.installer(handoff.state_dir(args.production))
+    extra = ["--force"] if args.force else []
+    return _installer_exit(handoff.run_installer(script, "renew", *extra, f"--drain-timeout={args.drain_timeout}"))
 
 
 def _generations(args: argparse.Namespace) -> int:
@@ -178,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
 
     def switch_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+        sub.add_argument("--force", action="store_true",
+                         help="make a DNS change of more than 30%% of a zone's RRsets (when it holds 10 or more)")
         defaults = contract.Timeouts()
         for name, text in contract.Timeouts.HELP.items():
             default = getattr(defaults, name)
@@ -197,6 +206,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("production", help="the production file or its state_dir")
     sub.add_argument("--to", metavar="HASH", help="a kept generation's name or hash prefix")
     switch_options(sub)
+    sub = verb("renew", _renew, "Renew the live ACME certificates that are due; reload nginx only if one changed.")
+    sub.add_argument("production", help="the production file or its state_dir")
+    sub.add_argument("--force", action="store_true", help="renew every ACME certificate now, due or not")
+    drain = contract.Timeouts().drain
+    sub.add_argument(contract.flag("drain"), dest="drain_timeout", type=float, default=drain, metavar="S",
+                     help=f"{contract.Timeouts.HELP['drain']} (default {drain:g})")
     sub = verb("generations", _generations, "List the generations kept on this host.")
     sub.add_argument("production", help="the production file or its state_dir")
     sub = verb("gc", _gc, "Delete old generations; never the current one or one a live link uses.")

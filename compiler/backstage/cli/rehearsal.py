@@ -137,6 +137,8 @@ def overlay(sandbox: Sandbox, root: Path, maps: PathMap, summary: list[str] | No
                 put(production, ("production", key), str(root / key.removesuffix("_dir")))
         data["host"] = sandbox.host_table()
         placed.append(("host",))
+        if data.pop("producer", None) is not None:  # a rehearsal writes no DNS
+            placed.append(("producer",))
         for name, venue in _entries(data, "venues"):
             put(venue, ("venues", name, "listen"), sandbox.listen)
             for key in TLS_ONLY:

@@ -13,8 +13,8 @@ import jsonschema
 import networkx as nx
 
 from ..errors import CODES, CONTROL, Diagnostic, InputError
+from . import dns, layout, schema
 from . import graph as graphs
-from . import layout, schema
 from .load import KeyPath, Loaded, Source
 from .normalise import Normalised
 
@@ -219,6 +219,8 @@ class _Rules:
         self.ports()
         self.tls_per_port()
         self.plain_http_settings()
+        self.certificates()
+        self.producer()
         self.locations()
         self.settings_twice()
         self.needs_cycles()
@@ -254,18 +256,11 @@ class _Rules:
 
     def claimed_names(self) -> None:
         owners: dict[str, str] = {}
-        for name, venue in self.venues.items():
-            aliases = venue.get("aliases")
-            claims: list[tuple[KeyPath, Any]] = [(("venues", name, "domain"), venue.get("domain"))]
-            claims += [(("venues", name, "aliases", i), a) for i, a in
-                       enumerate(aliases if isinstance(aliases, list) else [])]
-            for path, host in claims:
-                if not isinstance(host, str):
-                    continue
-                if host in owners:
-                    self.report(path, "BS202", f"`{host}` is already claimed by venue `{owners[host]}`",
-                                "each domain and alias is claimed once; nginx would pick one server silently")
-                owners.setdefault(host, name)
+        for path, host, name in self._venue_names():
+            if host in owners:
+                self.report(path, "BS202", f"`{host}` is already claimed by venue `{owners[host]}`",
+                            "each domain and alias is claimed once; nginx would pick one server silently")
+            owners.setdefault(host, name)
 
     def ports(self) -> None:
         taken: dict[int, str] = {}
@@ -312,6 +307,104 @@ class _Rules:
                 if key in venue and self.normalised.spelled(("venues", name, key)):
                     self.report(("venues", name, key), "BS216", f"`{key}` applies to a Venue with `tls` only",
                                 "give the Venue `tls`, or drop the key")
+
+    def certificates(self) -> None:
+        host = self.data.get("host")
+        acme_ca = isinstance(host, dict) and isinstance(host.get("acme"), dict)
+        for name, venue in self.venues.items():
+            tls = venue.get("tls")
+            if not isinstance(tls, dict):
+                continue
+            files = [key for key in ("certificate", "key") if key in tls]
+            if "acme" in tls:
+                if files:
+                    self.report(("venues", name, "tls", files[0]), "BS217",
+                                f"`{files[0]}` beside `acme = true`: the certificate comes from ACME",
+                                "keep `acme = true`, or drop it and give `certificate` and `key`")
+                if not acme_ca:
+                    self.report(("venues", name, "tls", "acme"), "BS218", "`acme = true` but [host.acme] is missing",
+                                'add [host.acme] with the CA\'s `directory` (and an `email`), as the README shows')
+                if venue.get("redirect_http") is False:
+                    self.report(("venues", name, "redirect_http"), "BS218",
+                                "`redirect_http = false` with `acme = true`: the ACME challenge is answered on the "
+                                "plain-HTTP side, which this turns off",
+                                "drop `redirect_http = false`, or give certificate files instead of `acme`")
+            elif len(files) < 2:
+                missing = [key for key in ("certificate", "key") if key not in tls]
+                self.report(("venues", name, "tls"), "BS217", f"`tls` lacks `{'` and `'.join(missing)}`",
+                            "give both `certificate` and `key` files, or `acme = true`")
+
+    def _venue_names(self) -> Iterator[tuple[KeyPath, str, str]]:
+        """(key path, host name, venue) of every Venue domain and alias."""
+        for name, venue in self.venues.items():
+            aliases = venue.get("aliases")
+            claims: list[tuple[KeyPath, Any]] = [(("venues", name, "domain"), venue.get("domain"))]
+            claims += [(("venues", name, "aliases", i), a) for i, a in
+                       enumerate(aliases if isinstance(aliases, list) else [])]
+            yield from ((path, host, name) for path, host in claims if isinstance(host, str))
+
+    def producer(self) -> None:
+        host = self.data.get("host")
+        host = host if isinstance(host, dict) else {}
+        address6 = host.get("address6")
+        if isinstance(address6, str):
+            problem = dns.content_problem("AAAA", address6)
+            if problem:
+                self.report(("host", "address6"), "BS124", problem, "expected an IPv6 address such as 2001:db8::10")
+        producer = self.data.get("producer")
+        zones = producer.get("zones") if isinstance(producer, dict) else None
+        if not isinstance(zones, dict):
+            return
+        served: dict[str, str] = {}  # absolute name -> venue, for the names inside a zone
+        for claim, name, venue in self._venue_names():
+            if dns.zone_of(name, zones) is None:
+                continue
+            served[dns.canonical(name)] = venue
+            if not isinstance(host.get("address"), str):
+                self.report(claim, "BS220", f"`{name}` is inside a [producer] zone, but [host] has no `address` "
+                            "for its A record", "set [host].address (and address6 for AAAA)")
+        types: dict[str, dict[str, tuple[KeyPath, Any]]] = {}  # absolute name -> type -> (path, ttl)
+        for zone, table in zones.items():
+            records = table.get("records") if isinstance(table, dict) else None
+            for i, record in enumerate(records if isinstance(records, list) else []):
+                if not isinstance(record, dict) or not all(isinstance(record.get(k), str)
+                                                           for k in ("name", "type", "content")):
+                    continue
+                path: KeyPath = ("producer", "zones", zone, "records", i)
+                self.dns_record(zone, zones, record, path, served, types)
+
+    def dns_record(self, zone: str, zones: dict[str, Any], record: dict[str, Any], path: KeyPath,
+                   served: dict[str, str], types: dict[str, dict[str, tuple[KeyPath, Any]]]) -> None:
+        rtype, content = record["type"], record["content"]
+        name = dns.absolute(record["name"], zone)
+        problem = dns.content_problem(rtype, content)
+        if problem:
+            self.report((*path, "content"), "BS127", problem, f"write the {rtype} record as PowerDNS reads it")
+        if not dns.inside(name, zone):
+            self.report((*path, "name"), "BS219", f"`{name}` is outside zone {zone}",
+                        "give a name relative to the zone (www, @ for the zone itself), or one ending in "
+                        f".{dns.canonical(zone)}")
+            return
+        if (owner := dns.zone_of(name, zones)) != zone:
+            self.report((*path, "name"), "BS219", f"`{name}` belongs to the more specific zone {owner}",
+                        f"declare it under [producer.zones.\"{owner}\"]")
+            return
+        if name in served and rtype in ("A", "AAAA", "CNAME"):
+            self.report((*path, "type"), "BS219",
+                        f"`{name}` is venue `{served[name]}`'s name: backstage gives it A/AAAA records itself, "
+                        f"which a {rtype} record here would {'stand beside' if rtype == 'CNAME' else 'replace'}",
+                        "drop this record, or take the name out of the Venue")
+            return
+        here = types.setdefault(name, {})
+        if (rtype == "CNAME" and here) or ("CNAME" in here and rtype != "CNAME"):
+            self.report((*path, "type"), "BS219", f"a CNAME at `{name}` beside other records there",
+                        "a CNAME must be the only record at its name: drop one of them")
+            return
+        ttl = record.get("ttl")
+        if rtype in here and here[rtype][1] != ttl:
+            self.report((*path, "ttl"), "BS219", f"the {rtype} records at `{name}` give different TTLs",
+                        "one RRset has one TTL: give them all the same `ttl`")
+        here.setdefault(rtype, (path, ttl))
 
     def settings_twice(self) -> None:
         for name, act in self.acts.items():

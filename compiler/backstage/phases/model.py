@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+from .. import contract
+from . import dns
 from .sources import Gathered, SourceTree
 
 Scalar = bool | int | str
@@ -20,6 +22,16 @@ class Host:
     nginx_user: str
     emperor_stats: str
     uwsgi: str
+    acme: Acme | None = None
+    address: str | None = None  # what the Venues' A records point at
+    address6: str | None = None  # ... and their AAAA records
+
+
+@dataclass(frozen=True, slots=True)
+class Acme:
+    directory: str
+    email: str | None
+    certbot: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +93,11 @@ class Sess:
 
 @dataclass(frozen=True, slots=True)
 class Tls:
+    """A Venue's certificate files: given, or (`acme`) certbot's under state_dir/certs/."""
+
     certificate: str
     key: str
+    acme: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +140,38 @@ class Production:
     sesses: Mapping[str, Sess]
     venues: Mapping[str, Venue]
     gigs: Mapping[str, Gig]
+    producer: Producer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One extra DNS record of a zone: `name` absolute (with its dot), `ttl` None for [producer].ttl."""
+
+    name: str
+    type: str
+    content: str
+    ttl: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Producer:
+    """[producer]: PowerDNS's API, and the zones backstage writes records into (zone -> extra records)."""
+
+    api: str
+    api_key_file: str
+    server: str
+    ttl: int
+    zones: Mapping[str, tuple[Record, ...]]
+
+
+def _producer(raw: dict[str, Any] | None) -> Producer | None:
+    if raw is None:
+        return None
+    zones = {zone: tuple(Record(dns.absolute(r["name"], zone), r["type"], dns.normal(r["type"], r["content"]),
+                                r.get("ttl"))
+                         for r in table.get("records", ()))
+             for zone, table in raw["zones"].items()}
+    return Producer(raw["api"].rstrip("/"), raw["api_key_file"], raw["server"], raw["ttl"], _sorted(zones))
 
 
 def _sorted(items: dict[str, Any]) -> Mapping[str, Any]:
@@ -149,13 +196,18 @@ def build(data: dict[str, Any], gathered: Gathered) -> Production:
             nginx_user=host["nginx_user"],
             emperor_stats=host["emperor_stats"],
             uwsgi=host["uwsgi"],
+            acme=Acme(host["acme"]["directory"], host["acme"].get("email"), tuple(host["acme"]["certbot"]))
+            if "acme" in host else None,
+            address=host.get("address"),
+            address6=dns.normal("AAAA", host["address6"]) if "address6" in host else None,
         ),
         stages=_sorted(stages),
         acts=_sorted({n: _act(n, a, gathered.acts.get(n)) for n, a in data.get("acts", {}).items()}),
         sesses=_sorted({n: _sess(n, s, stages[s["stage"]]) for n, s in data.get("sesses", {}).items()}),
-        venues=_sorted({n: _venue(n, v) for n, v in data.get("venues", {}).items()}),
+        venues=_sorted({n: _venue(n, v, head["state_dir"]) for n, v in data.get("venues", {}).items()}),
         gigs=_sorted({n: Gig(n, g["venue"], g["sess"], g["path"], g.get("client_max_body_size"), g.get("read_timeout"))
                       for n, g in data.get("gigs", {}).items()}),
+        producer=_producer(data.get("producer")),
     )
 
 
@@ -210,14 +262,22 @@ def _sess(name: str, raw: dict[str, Any], stage: Stage) -> Sess:
     )
 
 
-def _venue(name: str, raw: dict[str, Any]) -> Venue:
+def _tls(raw: dict[str, Any] | None, venue: str, state_dir: str) -> Tls | None:
+    if raw is None:
+        return None
+    if raw.get("acme"):
+        return Tls(*contract.certificate_files(state_dir, venue), acme=True)
+    return Tls(raw["certificate"], raw["key"])
+
+
+def _venue(name: str, raw: dict[str, Any], state_dir: str) -> Venue:
     tls = raw.get("tls")
     return Venue(
         name=name,
         domain=raw["domain"],
         aliases=tuple(raw.get("aliases", ())),
         listen=str(raw["listen"]),
-        tls=Tls(tls["certificate"], tls["key"]) if tls else None,
+        tls=_tls(tls, name, state_dir),
         redirect_http=bool(tls) and raw.get("redirect_http") is True,
         http_listen=str(raw["http_listen"]) if tls and raw.get("redirect_http") is True else None,
         hsts=raw.get("hsts", 0),  # `try` drops it with `tls`

@@ -60,8 +60,9 @@ def _schema_defaults(node: Any, rule: dict[str, Any], path: KeyPath) -> Iterator
         if key not in node and "default" in sub:
             node[key] = copy.deepcopy(sub["default"])
             yield (*path, key)
-        elif key not in node and key not in rule.get("required", ()) and _has_defaults(sub):
-            node[key] = {}  # an optional table left out, such as [host]: its keys' defaults apply
+        elif key not in node and key not in rule.get("required", ()) and _has_defaults(sub) and not sub.get("required"):
+            node[key] = {}  # an optional table left out, such as [host]: its keys' defaults apply (not
+            # [host.acme], which exists only when given)
             yield (*path, key)
             yield from _schema_defaults(node[key], sub, (*path, key))
         elif key in node:

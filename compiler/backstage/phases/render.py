@@ -15,8 +15,8 @@ import networkx as nx
 
 from .. import contract, targets
 from ..targets import entry
+from . import dns, layout
 from . import graph as graphs
-from . import layout
 from .layout import EXECUTABLE, File
 from .model import Act, Gig, Production, Sess, Stage
 
@@ -95,6 +95,12 @@ def render(production: Production, graph: nx.DiGraph, restarts: Mapping[str, int
         booked[gig.venue].append(gig)
     for name, gigs in booked.items():
         files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, addresses, stores))
+    for venue in production.venues.values():
+        if venue.tls and venue.tls.acme:
+            files[_challenge_path(venue.name)] = File(targets.template("nginx", "challenge.conf.j2").render(
+                production=production.name, venue=venue, acme_root=_acme_root(production)).encode())
+    for zone, rrsets in _zones(production).items():
+        files[_zone_path(zone)] = File(contract.zone_json(zone, rrsets))
     include = targets.template("nginx", "include.conf.j2").render(
         production=production.name, pattern=layout.in_dir(production.state_dir, "current/nginx/*.conf"))
     files["include.conf"] = File(include.encode())
@@ -227,7 +233,43 @@ def _address(production: Production, sess: Sess, content_hash: str) -> Vassal:
     return Vassal(sess.name, stem, bind, upstream, address)
 
 
-ACME = "acme"  # state_dir/acme/: the webroot certbot writes HTTP-01 challenges into
+def _acme_root(production: Production) -> str:
+    """The webroot certbot writes HTTP-01 challenges into, served by every TLS Venue's plain-HTTP side."""
+    return layout.in_dir(production.state_dir, contract.ACME_WEBROOT)
+
+
+def _zone_path(zone: str) -> str:
+    return f"{contract.DNS}/{zone.rstrip('.')}.json"
+
+
+def _zones(production: Production) -> dict[str, list[contract.RRset]]:
+    """Each [producer] zone's RRsets (absolute zone name -> RRsets): an A record (and AAAA) for every
+    Venue name inside it, pointing at the host, and the zone's extra records."""
+    producer = production.producer
+    if producer is None:
+        return {}
+    found: dict[str, dict[tuple[str, str], tuple[int, set[str]]]] = {dns.canonical(z): {} for z in producer.zones}
+    host = production.host
+    for venue in production.venues.values():
+        for name in venue.hosts:
+            zone = dns.zone_of(name, producer.zones)
+            if zone is None:
+                continue
+            rrsets = found[dns.canonical(zone)]
+            for rtype, address in (("A", host.address), ("AAAA", host.address6)):
+                if address:
+                    rrsets.setdefault((dns.canonical(name), rtype), (producer.ttl, set()))[1].add(address)
+    for zone, records in producer.zones.items():
+        for record in records:
+            ttl = record.ttl or producer.ttl
+            found[dns.canonical(zone)].setdefault((record.name, record.type), (ttl, set()))[1].add(record.content)
+    return {zone: [contract.RRset(name, rtype, ttl, tuple(sorted(contents)))
+                   for (name, rtype), (ttl, contents) in sorted(rrsets.items())]
+            for zone, rrsets in sorted(found.items())}
+
+
+def _challenge_path(venue: str) -> str:
+    return f"{contract.CHALLENGES}/{venue}.conf"
 
 
 @cache
@@ -271,7 +313,7 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vass
         has_root=any(loc["path"] == "/" for loc in locations),
         hsts=f"max-age={venue.hsts}" if venue.tls and venue.hsts else "",
         https_port=layout.listen_port(venue.listen.rpartition(":")[2]) if venue.redirect_http else None,
-        acme_root=layout.in_dir(production.state_dir, ACME),
+        acme_root=_acme_root(production),
     )
     return text.encode()
 
@@ -312,6 +354,16 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
                       for name, rendered in sorted(environments.items())),
         secrets=tuple(_secrets(production, environments)),
         data=tuple(_data(production, played)),
+        acme=contract.AcmePlan(host.acme.directory, host.acme.email or "", host.acme.certbot) if host.acme else None,
+        certificates=tuple(
+            contract.CertificatePlan(venue.name, venue.hosts, venue.tls.certificate, venue.tls.key,
+                                     _challenge_path(venue.name))
+            for venue in production.venues.values() if venue.tls and venue.tls.acme),
+        producer=contract.ProducerPlan(
+            production.producer.api, production.producer.api_key_file, production.producer.server,
+            f"backstage:{production.name}",
+            tuple(contract.ZonePlan(dns.canonical(z), _zone_path(dns.canonical(z))) for z in production.producer.zones))
+        if production.producer else None,
     )
 
 
