@@ -55,6 +55,9 @@ HOST_ADDRESS = '[host]\naddress = "192.0.2.10"\n'
 PRODUCER = '[producer]\napi = "http://127.0.0.1:8081"\napi_key_file = "/etc/pdns.key"\n[producer.zones."example.com"]\n'
 
 
+FLEET = '[hosts.web1]\naddress = "192.0.2.1"\n[hosts.web2]\naddress = "192.0.2.2"\n'
+
+
 def add(extra: str) -> str:
     return BASE + "\n" + extra
 
@@ -190,6 +193,22 @@ CASES: list[tuple[str, str, str, str]] = [
      "BS219", "producer.zones.\"example.com\".records[1].type"),
     ("dns-api", add('[producer]\napi = "ftp://x" # <-\napi_key_file = "/k"\nzones = {}\n'), "BS126", "producer.api"),
     ("dns-address6", add('[host]\naddress6 = "2001:db8::zz" # <-\n'), "BS124", "host.address6"),
+    # several hosts.
+    ("hosts-unknown", add(FLEET).replace('act = "api"\nstage = "main"',
+                                         'act = "api"\nstage = "main"\nhosts = ["web9"] # <-'),
+     "BS201", "sesses.api.hosts[0]"),
+    ("hosts-without-hosts", with_(('act = "api"\nstage = "main"', 'act = "api"\nstage = "main"\nhosts = ["a"] # <-')),
+     "BS221", "sesses.api.hosts"),
+    ("venue-host-without-sess", add(FLEET).replace('act = "blog"\nstage = "main"',
+                                                   'act = "blog"\nstage = "main"\nhosts = ["web1"]')
+     .replace('domain = "example.com"', 'domain = "example.com"\nhosts = ["web1", "web2"] # <-'),
+     "BS221", "venues.example.hosts"),
+    ("needs-across-hosts", add(FLEET).replace('act = "api"\nstage = "main"',
+                                              'act = "api"\nstage = "main"\nhosts = ["web1"]')
+     .replace('act = "blog"\nstage = "main"', 'act = "blog"\nstage = "main"\nneeds = ["api"] # <-'),
+     "BS221", "sesses.blog.needs[0]"),
+    ("hosts-same-address", add('[hosts.web1]\naddress = "192.0.2.1"\n[hosts.web2]\naddress = "192.0.2.1" # <-\n'),
+     "BS128", "hosts.web2.address"),
     ("body-size", with_(('domain = "example.com"', 'domain = "example.com"\nclient_max_body_size = "10 MB" # <-')),
      "BS125", "venues.example.client_max_body_size"),
     ("read-timeout", with_(('sess = "blog"', 'sess = "blog"\nread_timeout = 0 # <-')),

@@ -225,6 +225,67 @@ def read_zone(raw: bytes) -> tuple[str, tuple[RRset, ...]]:
         raise ContractError(f"not a backstage zone file: {exc}") from None
 
 
+FLEET = "fleet.json"  # an artifact of several hosts: FleetPlan; each host's own artifact is hosts/<host>/<name>/
+HOSTS = "hosts"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetHostPlan:
+    """One host of a fleet: how Ansible reaches it, and its state_dir (where its artifact is unpacked)."""
+
+    name: str
+    address: str
+    ssh_host: str
+    ssh_user: str  # "" for Ansible's default
+    ssh_port: int
+    become: bool
+    python: str  # "" for Ansible's discovery
+    state_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPlan:
+    """fleet.json: the hosts in rollout order, the batch size and stop rule, and the fleet's DNS."""
+
+    production: str
+    hosts: tuple[FleetHostPlan, ...]
+    batch: int
+    max_failed: int
+    producer: ProducerPlan | None
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), sort_keys=True, indent=1) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> FleetPlan:
+        try:
+            data = _object(json.loads(raw), FLEET)
+            hosts = []
+            for item in _list(data["hosts"]):
+                entry = _object(item, "host")
+                port = entry["ssh_port"]
+                if not isinstance(port, int) or isinstance(port, bool) or not isinstance(entry["become"], bool):
+                    raise TypeError("ssh_port or become has the wrong type")
+                hosts.append(FleetHostPlan(_str(entry["name"]), _str(entry["address"]), _str(entry["ssh_host"]),
+                                           _str(entry["ssh_user"]), port, entry["become"], _str(entry["python"]),
+                                           _str(entry["state_dir"])))
+            batch, failed = data["batch"], data["max_failed"]
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in (batch, failed)):
+                raise TypeError("batch or max_failed is not an integer")
+            return cls(_str(data["production"]), tuple(hosts), batch, failed, _producer(data.get("producer")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ContractError(f"{FLEET} is not a backstage fleet plan: {exc}") from None
+
+
+def host_artifact(artifact: Path, host: str) -> Path:
+    """The one artifact directory of `host` inside a fleet artifact."""
+    found = sorted(p for p in (artifact / HOSTS / host).iterdir() if p.is_dir()) if (artifact / HOSTS / host).is_dir() \
+        else []
+    if len(found) != 1:
+        raise ContractError(f"{artifact}: {HOSTS}/{host}/ does not hold exactly one artifact")
+    return found[0]
+
+
 def certificate_files(state_dir: str, venue: str) -> tuple[str, str]:
     """Where certbot keeps an ACME Venue's certificate chain and key (its `live/` links)."""
     live = f"{state_dir.rstrip('/')}/{CERTS}/live/{venue}"

@@ -43,6 +43,7 @@ CODES: dict[str, str] = {
     "BS125": "invalid nginx size",
     "BS126": "invalid Producer setting",
     "BS127": "invalid DNS record",
+    "BS128": "invalid ssh setting",
     "BS201": "a reference names nothing that exists",
     "BS202": "a domain or alias is claimed twice",
     "BS203": "a port is used twice",
@@ -63,6 +64,7 @@ CODES: dict[str, str] = {
     "BS218": "an ACME Venue cannot get its certificate",
     "BS219": "a DNS record does not fit its zone",
     "BS220": "a Venue's DNS name has no address to point at",
+    "BS221": "a Sess or Venue is placed where it cannot run",
 }
 
 

@@ -255,33 +255,33 @@ def backward(producer: ProducerPlan, change: ZoneChange) -> list[dict[str, Any]]
     return [_replace(producer, c.before) if c.before else _delete(c.rrset) for c in change.changes]
 
 
-def send(plan: Plan, changes: list[ZoneChange], sent: list[ZoneChange]) -> None:
+def send(producer: ProducerPlan | None, changes: list[ZoneChange], sent: list[ZoneChange]) -> None:
     """PATCH each zone's change, recording it in `sent` first (an undo sends it back: PATCHes are
     idempotent, so one that may or may not have arrived is undone all the same)."""
-    if plan.producer is None:
+    if producer is None:
         return
-    api = Api(plan.producer)
+    api = Api(producer)
     for index, change in enumerate(changes):
         sent.append(change)
         if index == 0:
             crash_point("dns-patching")
         try:
-            api.patch(change.zone, forward(plan.producer, change))
+            api.patch(change.zone, forward(producer, change))
         except ApiError as exc:
             if exc.unsent:
                 sent.pop()  # it changed nothing: nothing to send back
             raise Failed(f"zone {change.zone}: {exc}") from None
 
 
-def undo(plan: Plan, sent: list[ZoneChange]) -> list[str]:
+def undo(producer: ProducerPlan | None, sent: list[ZoneChange]) -> list[str]:
     """PATCH back what `send` sent, newest first; returns what could not be put back."""
-    if plan.producer is None or not sent:
+    if producer is None or not sent:
         return []
-    api = Api(plan.producer)
+    api = Api(producer)
     notes = []
     for change in reversed(sent):
         try:
-            api.patch(change.zone, backward(plan.producer, change))
+            api.patch(change.zone, backward(producer, change))
         except (ApiError, Refused) as exc:
             notes.append(f"zone {change.zone} could not be put back ({exc}); run apply or rollback again")
     return notes

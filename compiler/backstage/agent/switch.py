@@ -429,7 +429,7 @@ def locked_switch(state: State, artifact: Path, timeouts: Timeouts, force: bool 
         get_certificates(state, generation, progress, timeouts)
         go_live(state, generation, steps, progress, timeouts)
         # DNS last: only once the web side is proven, and inside the same lock; undone with it.
-        dns.send(state.plan, zone_changes, progress.dns_sent)
+        dns.send(state.plan.producer, zone_changes, progress.dns_sent)
         SIGNALS.hold()  # from here on a signal only waits for the switch to finish
         state.record(artifact.name, "ok")  # the point of no return
     except (Exception, Interrupted) as stop:
@@ -539,7 +539,7 @@ def undo(state: State, progress: Progress, timeouts: Timeouts) -> list[str]:
     running (serving nothing, or serving what nginx still routes to them) until a later run.
     """
     plan = state.plan
-    notes: list[str] = dns.undo(plan, progress.dns_sent)  # the last change made, so the first undone
+    notes: list[str] = dns.undo(plan.producer, progress.dns_sent)  # the last change made, so the first undone
     if progress.installing:
         for partial in state.generations.glob(".tmp-*"):
             try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import __version__, contract
 from ..errors import InputError, diagnostics_json
-from . import handoff
+from . import fleet, handoff
 
 # Verbs import the phases they need: `build` of unchanged input must not pay for jsonschema or networkx.
 
@@ -97,6 +97,14 @@ def _apply(args: argparse.Namespace) -> int:
     if (target / "result").is_symlink():
         target = target / "result"
     target = target.resolve()
+    if fleet.is_fleet(target):
+        try:
+            return fleet.apply(target, _timeouts(args), dry_run=args.dry_run, atomic=args.atomic, force=args.force,
+                               keep=args.keep_ansible)
+        except (fleet.FleetError, contract.ContractError) as exc:
+            raise handoff.HandoffError(f"refusing to roll out: {exc}") from None
+    if args.atomic:
+        raise UsageError("--atomic applies to a production on several hosts ([hosts])")
     extra = (["--dry-run"] if args.dry_run else []) + (["--force"] if args.force else [])
     with handoff.staged(target, args.dry_run) as copy:
         return _installer_exit(handoff.run_installer(copy / contract.INSTALLER, "apply", *extra, *_timeouts(args)))
@@ -118,10 +126,35 @@ def _build_for_apply(production: Path, restart: list[str], output: str) -> Path:
     return built.path
 
 
+def _fleet_plan(production: str) -> contract.FleetPlan | None:
+    """The fleet plan of a production file with [hosts] (compiled in memory), else None."""
+    path = Path(production)
+    if not path.is_file():
+        return None
+    from ..phases import pipeline
+
+    compiled = pipeline.compile(path)
+    raw = compiled.files.get(contract.FLEET)
+    return contract.FleetPlan.from_json(raw.content) if raw else None
+
+
+def _on_fleet(args: argparse.Namespace, verb: str, agent_args: list[str]) -> int | None:
+    plan = _fleet_plan(args.production)
+    if plan is None:
+        return None
+    try:
+        return fleet.verb_on_hosts(plan, verb, agent_args)
+    except fleet.FleetError as exc:
+        raise handoff.HandoffError(str(exc)) from None
+
+
 def _rollback(args: argparse.Namespace) -> int:
-    script = handoff.installer(handoff.state_dir(args.production))
     extra = ((["--to", args.to] if args.to else []) + (["--dry-run"] if args.dry_run else [])
              + (["--force"] if args.force else []))
+    on_fleet = _on_fleet(args, "rollback", [*extra, *_timeouts(args)])
+    if on_fleet is not None:
+        return on_fleet
+    script = handoff.installer(handoff.state_dir(args.production))
     return _installer_exit(handoff.run_installer(script, "rollback", *extra, *_timeouts(args)))
 
 
@@ -132,6 +165,9 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _generations(args: argparse.Namespace) -> int:
+    on_fleet = _on_fleet(args, "generations", [])
+    if on_fleet is not None:
+        return on_fleet
     script = handoff.installer(handoff.state_dir(args.production))
     return _installer_exit(handoff.run_installer(script, "generations"))
 
@@ -139,6 +175,9 @@ def _generations(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     if args.keep < 1:
         raise UsageError("--keep must be at least 1")
+    on_fleet = _on_fleet(args, "gc", [f"--keep={args.keep}"])
+    if on_fleet is not None:
+        return on_fleet
     script = handoff.installer(handoff.state_dir(args.production))
     return _installer_exit(handoff.run_installer(script, "gc", f"--keep={args.keep}"))
 
@@ -201,6 +240,10 @@ def parser() -> argparse.ArgumentParser:
                           "changed, say); needs the production file; repeatable")
     sub.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
                      help=f"where a production file is built (default: ./{DEFAULT_OUTPUT})")
+    sub.add_argument("--atomic", action="store_true",
+                     help="with [hosts]: if the rollout stops, roll back the hosts already switched too")
+    sub.add_argument("--keep-ansible", action="store_true",
+                     help="with [hosts]: keep the generated inventory and playbooks (their directory is printed)")
     switch_options(sub)
     sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
     sub.add_argument("production", help="the production file or its state_dir")

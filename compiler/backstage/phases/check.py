@@ -212,6 +212,7 @@ class _Rules:
         self.sesses = _table(data, "sesses")
         self.venues = _table(data, "venues")
         self.gigs = _table(data, "gigs")
+        self.hosts = _table(data, "hosts")
 
     def run(self) -> list[Diagnostic]:
         self.references()
@@ -221,6 +222,7 @@ class _Rules:
         self.plain_http_settings()
         self.certificates()
         self.producer()
+        self.placement()
         self.locations()
         self.settings_twice()
         self.needs_cycles()
@@ -360,7 +362,7 @@ class _Rules:
             if dns.zone_of(name, zones) is None:
                 continue
             served[dns.canonical(name)] = venue
-            if not isinstance(host.get("address"), str):
+            if not isinstance(host.get("address"), str) and not self.hosts:  # each of [hosts] has one
                 self.report(claim, "BS220", f"`{name}` is inside a [producer] zone, but [host] has no `address` "
                             "for its A record", "set [host].address (and address6 for AAAA)")
         types: dict[str, dict[str, tuple[KeyPath, Any]]] = {}  # absolute name -> type -> (path, ttl)
@@ -405,6 +407,58 @@ class _Rules:
             self.report((*path, "ttl"), "BS219", f"the {rtype} records at `{name}` give different TTLs",
                         "one RRset has one TTL: give them all the same `ttl`")
         here.setdefault(rtype, (path, ttl))
+
+    def placement(self) -> None:
+        """Where Sesses and Venues run, with [hosts]: every host of a Venue runs every Sess booked
+        there (nginx routes to the local vassal), and a Sess runs only where the Sesses it needs run."""
+        def placed(table: dict[str, dict[str, Any]], kind: str) -> dict[str, set[str]]:
+            found = {}
+            for name, entry in table.items():
+                given = entry.get("hosts")
+                if given is None:
+                    continue
+                if not self.hosts:
+                    self.report((kind, name, "hosts"), "BS221", "`hosts` without [hosts]",
+                                "declare the hosts as [hosts.<name>] tables, or drop `hosts`")
+                    continue
+                names = [h for h in given if isinstance(h, str)] if isinstance(given, list) else []
+                for index, host in enumerate(names):
+                    if host not in self.hosts:
+                        self.report((kind, name, "hosts", index), "BS201", f"no host named `{host}`",
+                                    _did_you_mean(host, sorted(self.hosts))
+                                    or f"known hosts: {', '.join(sorted(self.hosts)[:10])}")
+                found[name] = set(names)
+            return found
+
+        sesses, venues = placed(self.sesses, "sesses"), placed(self.venues, "venues")
+        for name, gig in self.gigs.items():
+            venue, sess = gig.get("venue"), gig.get("sess")
+            if venue not in venues or sess not in sesses:
+                continue
+            missing = [h for h in self.hosts if h in venues[venue] - sesses[sess]]
+            if missing:
+                where = ("venues", venue, "hosts")
+                self.report(where if self.normalised.spelled(where) else ("gigs", name, "sess"), "BS221",
+                            f"venue `{venue}` is served on host {', '.join(missing)}, where sess `{sess}` (gig "
+                            f"`{name}`) does not run", f"add {', '.join(missing)} to sess `{sess}`'s `hosts`, "
+                            f"or take {'them' if len(missing) > 1 else 'it'} out of the Venue's `hosts`")
+        for name, sess in self.sesses.items():
+            needs = sess.get("needs")
+            for index, needed in enumerate(needs if isinstance(needs, list) else []):
+                if name in sesses and needed in sesses and (missing := [h for h in self.hosts if h in
+                                                                        sesses[name] - sesses[needed]]):
+                    self.report(("sesses", name, "needs", index), "BS221",
+                                f"sess `{name}` runs on {', '.join(missing)}, where the sess it needs, "
+                                f"`{needed}`, does not", f"run `{needed}` there too, or `{name}` only where "
+                                f"`{needed}` runs")
+        targets: dict[tuple[Any, Any], str] = {}
+        for name, host in self.hosts.items():
+            target = (host.get("ssh_host", host.get("address")), host.get("ssh_port", 22))
+            if target in targets:
+                self.report(("hosts", name, "ssh_host" if "ssh_host" in host else "address"), "BS128",
+                            f"host `{name}` is reached at the same address as host `{targets[target]}`",
+                            "give each host its own address (or ssh_host/ssh_port)")
+            targets.setdefault(target, name)
 
     def settings_twice(self) -> None:
         for name, act in self.acts.items():

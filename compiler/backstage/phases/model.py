@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -89,6 +89,7 @@ class Sess:
     uwsgi: tuple[tuple[str, Scalar], ...]
     protocol: Literal["uwsgi", "http"]
     port: int | None
+    on_hosts: tuple[str, ...] = ()  # with [hosts]: where it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,7 @@ class Venue:
     hsts: int  # Strict-Transport-Security max-age; 0 sends none
     client_max_body_size: str | None
     read_timeout: int | None
+    on_hosts: tuple[str, ...] = ()  # with [hosts]: which serve it
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -141,6 +143,89 @@ class Production:
     venues: Mapping[str, Venue]
     gigs: Mapping[str, Gig]
     producer: Producer | None = None
+    fleet: Fleet | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetHost:
+    """One of [hosts]: its own [host] (the shared one with this host's keys over it), directories and ssh."""
+
+    name: str
+    address: str
+    host: Host
+    state_dir: str
+    run_dir: str
+    log_dir: str
+    ssh_host: str
+    ssh_user: str | None
+    ssh_port: int
+    become: bool
+    python: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    hosts: tuple[FleetHost, ...]  # in the order [hosts] declares them: the rollout's order
+    batch: int
+    max_failed: int
+
+
+FLEET_ONLY = ("address", "ssh_host", "ssh_user", "ssh_port", "become", "python", "state_dir", "run_dir", "log_dir")
+
+
+def _host(raw: dict[str, Any]) -> Host:
+    return Host(
+        vassals_dir=raw["vassals_dir"],
+        nginx_dir=raw["nginx_dir"],
+        nginx=tuple(raw["nginx"]),
+        nginx_user=raw["nginx_user"],
+        emperor_stats=raw["emperor_stats"],
+        uwsgi=raw["uwsgi"],
+        acme=Acme(raw["acme"]["directory"], raw["acme"].get("email"), tuple(raw["acme"]["certbot"]))
+        if "acme" in raw else None,
+        address=raw.get("address"),
+        address6=dns.normal("AAAA", raw["address6"]) if "address6" in raw else None,
+    )
+
+
+def _fleet(data: dict[str, Any]) -> Fleet | None:
+    hosts = data.get("hosts")
+    if not hosts:
+        return None
+    head = data["production"]
+    found = []
+    for name, raw in hosts.items():
+        merged = {**data["host"], **{k: v for k, v in raw.items() if k not in FLEET_ONLY}, "address": raw["address"]}
+        found.append(FleetHost(
+            name=name, address=raw["address"], host=_host(merged),
+            state_dir=_directory(raw.get("state_dir", head["state_dir"])),
+            run_dir=_directory(raw.get("run_dir", head["run_dir"])),
+            log_dir=_directory(raw.get("log_dir", head["log_dir"])),
+            ssh_host=raw.get("ssh_host", raw["address"]), ssh_user=raw.get("ssh_user"),
+            ssh_port=raw.get("ssh_port", 22), become=raw["become"], python=raw.get("python")))
+    rollout = head["rollout"]
+    return Fleet(tuple(found), rollout["batch"], rollout["max_failed"])
+
+
+def on_host(production: Production, name: str) -> Production:
+    """The part of a production with [hosts] that host `name` runs, as a production of one host: its
+    Sesses and Venues (and the Gigs, Acts and Stages they use), its [host] and directories. DNS is the
+    fleet's (written once), and `migrate` runs on the first host only."""
+    assert production.fleet is not None
+    host = next(h for h in production.fleet.hosts if h.name == name)
+    first = production.fleet.hosts[0].name == name
+    sesses = {n: s for n, s in production.sesses.items() if name in s.on_hosts}
+    venues = {n: v if not (v.tls and v.tls.acme) else  # certbot's files are under this host's state_dir
+              replace(v, tls=Tls(*contract.certificate_files(host.state_dir, n), acme=True))
+              for n, v in production.venues.items() if name in v.on_hosts}
+    gigs = {n: g for n, g in production.gigs.items() if g.venue in venues}
+    acts = {n: a if first or not a.django or not a.django.migrate
+            else replace(a, django=replace(a.django, migrate=False))
+            for n, a in production.acts.items() if any(s.act == n for s in sesses.values())}
+    stages = {n: st for n, st in production.stages.items() if any(s.stage == n for s in sesses.values())}
+    return replace(production, host=host.host, state_dir=host.state_dir, run_dir=host.run_dir,
+                   log_dir=host.log_dir, stages=_sorted(stages), acts=_sorted(acts), sesses=_sorted(sesses),
+                   venues=_sorted(venues), gigs=_sorted(gigs), producer=None, fleet=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,18 +274,7 @@ def build(data: dict[str, Any], gathered: Gathered) -> Production:
         state_dir=_directory(head["state_dir"]),
         run_dir=_directory(head["run_dir"]),
         log_dir=_directory(head["log_dir"]),
-        host=Host(
-            vassals_dir=host["vassals_dir"],
-            nginx_dir=host["nginx_dir"],
-            nginx=tuple(host["nginx"]),
-            nginx_user=host["nginx_user"],
-            emperor_stats=host["emperor_stats"],
-            uwsgi=host["uwsgi"],
-            acme=Acme(host["acme"]["directory"], host["acme"].get("email"), tuple(host["acme"]["certbot"]))
-            if "acme" in host else None,
-            address=host.get("address"),
-            address6=dns.normal("AAAA", host["address6"]) if "address6" in host else None,
-        ),
+        host=_host(host),
         stages=_sorted(stages),
         acts=_sorted({n: _act(n, a, gathered.acts.get(n)) for n, a in data.get("acts", {}).items()}),
         sesses=_sorted({n: _sess(n, s, stages[s["stage"]]) for n, s in data.get("sesses", {}).items()}),
@@ -208,6 +282,7 @@ def build(data: dict[str, Any], gathered: Gathered) -> Production:
         gigs=_sorted({n: Gig(n, g["venue"], g["sess"], g["path"], g.get("client_max_body_size"), g.get("read_timeout"))
                       for n, g in data.get("gigs", {}).items()}),
         producer=_producer(data.get("producer")),
+        fleet=_fleet(data),
     )
 
 
@@ -259,6 +334,7 @@ def _sess(name: str, raw: dict[str, Any], stage: Stage) -> Sess:
         uwsgi=tuple(sorted(options.items())),
         protocol=raw["protocol"],
         port=raw.get("port"),
+        on_hosts=tuple(raw.get("hosts", ())),
     )
 
 
@@ -283,4 +359,5 @@ def _venue(name: str, raw: dict[str, Any], state_dir: str) -> Venue:
         hsts=raw.get("hsts", 0),  # `try` drops it with `tls`
         client_max_body_size=raw.get("client_max_body_size"),
         read_timeout=raw.get("read_timeout"),
+        on_hosts=tuple(raw.get("hosts", ())),
     )

@@ -4,8 +4,8 @@ The schema states the defaults (`default` on a property); a few depend on other 
 derived here, each in one function: the three directories (from the production's name), a Venue's
 `listen` (80, or 443 with `tls`), a TLS Venue's `redirect_http` (true) and `http_listen` (80), a built
 Stage's `python` (python3), a Sess's `processes` and `threads` (its `[uwsgi]` table, else its Stage's,
-else the schema's default), and a Django Act's `release` (Django's own `check --deploy` when the Act
-has `settings`). check and model read the result and state no default.
+else the schema's default), a Django Act's `release` (Django's own `check --deploy` when the Act
+has `settings`), and with [hosts] each Sess's and Venue's `hosts`. check and model read the result and state no default.
 
 The data may still be invalid here: a default is only filled in where its table is a table, and a
 derived one only from values of the right type; check then reports what is wrong.
@@ -49,6 +49,7 @@ def normalise(loaded: Loaded) -> Normalised:
                     filled.add((*path, key))
     filled |= set(_schema_defaults(data, schema.inlined(), ()))
     filled |= set(_deploy_check(data))
+    filled |= set(_placement(data))
     return Normalised(loaded, data, frozenset(filled))
 
 
@@ -83,6 +84,34 @@ def _deploy_check(data: Data) -> Iterator[KeyPath]:
                 and isinstance(django.get("manage"), str)):
             django["release"] = [[django["manage"], "check", "--deploy"]]
             yield (*path, "django", "release")
+
+
+def _placement(data: Data) -> Iterator[KeyPath]:
+    """With [hosts]: a Sess's `hosts` (every host) and a Venue's (every host that runs a Sess booked at
+    it, in [hosts] order; every host for a Venue without Gigs)."""
+    hosts = data.get("hosts")
+    if not isinstance(hosts, dict) or not hosts:
+        return
+    every = list(hosts)
+    for path, sess in _entries(data, "sesses"):
+        if isinstance(sess, dict) and "hosts" not in sess:
+            sess["hosts"] = list(every)
+            yield (*path, "hosts")
+    raw = data.get("sesses")
+    sesses: Data = raw if isinstance(raw, dict) else {}
+    booked: dict[str, set[str]] = {}
+    for _, gig in _entries(data, "gigs"):
+        if not isinstance(gig, dict) or not isinstance(gig.get("venue"), str):
+            continue
+        name = gig.get("sess")
+        sess = sesses.get(name) if isinstance(name, str) else None
+        placed = sess.get("hosts") if isinstance(sess, dict) else None
+        booked.setdefault(gig["venue"], set()).update(h for h in placed or [] if isinstance(h, str))
+    for path, venue in _entries(data, "venues"):
+        if isinstance(venue, dict) and "hosts" not in venue:
+            on = booked.get(str(path[1]))
+            venue["hosts"] = [h for h in every if h in on] if on is not None else list(every)
+            yield (*path, "hosts")
 
 
 def _has_defaults(rule: dict[str, Any]) -> bool:

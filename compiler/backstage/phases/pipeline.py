@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import contract
 from . import artifact, load
 from .layout import File
 from .load import KeyPath
@@ -80,8 +81,19 @@ def check_file(path: str | Path, overlay: Overlay | None = None, overlay_label: 
 def compile_checked(checked: Checked, restarts: Mapping[str, int] | None = None) -> Compiled:
     from . import render
 
-    rendered = render.render(checked.production, checked.graph, restarts)
-    files = artifact.assemble(checked.production.name, rendered, checked.input_hash)
+    production = checked.production
+    if production.fleet is None:
+        rendered = render.render(production, checked.graph, restarts)
+    else:  # one artifact of each host's own, and the fleet's plan and DNS
+        from . import model
+
+        rendered = render.fleet(production)
+        for host in production.fleet.hosts:
+            own = artifact.assemble(production.name, render.render(model.on_host(production, host.name),
+                                                                   checked.graph, restarts), checked.input_hash)
+            inner = f"{contract.HOSTS}/{host.name}/{artifact.name(production.name, own)}"
+            rendered.update((f"{inner}/{rel}", file) for rel, file in own.items())
+    files = artifact.assemble(production.name, rendered, checked.input_hash)
     return Compiled(checked.production, checked.graph, files, artifact.name(checked.production.name, files),
                     checked.input_hash)
 

@@ -160,6 +160,8 @@ def _render_vassals(production: Production, graph: nx.DiGraph, hosts: dict[str, 
     template = targets.template("uwsgi", "vassal.ini.j2")
     done: dict[str, tuple[Vassal, bytes, Rendered]] = {}
     for name in graphs.sesses_needed_first(graph):
+        if name not in production.sesses:  # another host's (a production on several hosts)
+            continue
         sess = production.sesses[name]
         act = production.acts[sess.act]
         env = _environment(production, sess, hosts.get(name, []), {n: v for n, (v, _, _) in done.items()}, stores)
@@ -238,6 +240,28 @@ def _acme_root(production: Production) -> str:
     return layout.in_dir(production.state_dir, contract.ACME_WEBROOT)
 
 
+def fleet(production: Production) -> dict[str, File]:
+    """The files of an artifact of several hosts besides each host's own artifact: fleet.json (the
+    hosts, rollout and DNS) and the fleet's dns/<zone>.json (each Venue's names at its hosts' addresses)."""
+    assert production.fleet is not None
+    files = {_zone_path(zone): File(contract.zone_json(zone, rrsets)) for zone, rrsets in _zones(production).items()}
+    producer = _producer_plan(production)
+    hosts = tuple(contract.FleetHostPlan(h.name, h.address, h.ssh_host, h.ssh_user or "", h.ssh_port, h.become,
+                                         h.python or "", h.state_dir) for h in production.fleet.hosts)
+    plan = contract.FleetPlan(production.name, hosts, production.fleet.batch, production.fleet.max_failed, producer)
+    files[contract.FLEET] = File(plan.to_json())
+    return dict(sorted(files.items()))
+
+
+def _producer_plan(production: Production) -> contract.ProducerPlan | None:
+    producer = production.producer
+    if producer is None:
+        return None
+    return contract.ProducerPlan(producer.api, producer.api_key_file, producer.server, f"backstage:{production.name}",
+                                 tuple(contract.ZonePlan(dns.canonical(z), _zone_path(dns.canonical(z)))
+                                       for z in producer.zones))
+
+
 def _zone_path(zone: str) -> str:
     return f"{contract.DNS}/{zone.rstrip('.')}.json"
 
@@ -249,15 +273,16 @@ def _zones(production: Production) -> dict[str, list[contract.RRset]]:
     if producer is None:
         return {}
     found: dict[str, dict[tuple[str, str], tuple[int, set[str]]]] = {dns.canonical(z): {} for z in producer.zones}
-    host = production.host
     for venue in production.venues.values():
+        hosts = ([h.host for h in production.fleet.hosts if h.name in venue.on_hosts] if production.fleet
+                 else [production.host])
         for name in venue.hosts:
             zone = dns.zone_of(name, producer.zones)
             if zone is None:
                 continue
             rrsets = found[dns.canonical(zone)]
-            for rtype, address in (("A", host.address), ("AAAA", host.address6)):
-                if address:
+            for rtype, addresses in (("A", [h.address for h in hosts]), ("AAAA", [h.address6 for h in hosts])):
+                for address in filter(None, addresses):
                     rrsets.setdefault((dns.canonical(name), rtype), (producer.ttl, set()))[1].add(address)
     for zone, records in producer.zones.items():
         for record in records:
@@ -359,11 +384,7 @@ def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str,
             contract.CertificatePlan(venue.name, venue.hosts, venue.tls.certificate, venue.tls.key,
                                      _challenge_path(venue.name))
             for venue in production.venues.values() if venue.tls and venue.tls.acme),
-        producer=contract.ProducerPlan(
-            production.producer.api, production.producer.api_key_file, production.producer.server,
-            f"backstage:{production.name}",
-            tuple(contract.ZonePlan(dns.canonical(z), _zone_path(dns.canonical(z))) for z in production.producer.zones))
-        if production.producer else None,
+        producer=_producer_plan(production),
     )
 
 
