@@ -226,7 +226,35 @@ def test_dry_run_prints_the_plan_and_changes_nothing(stage: Deployed) -> None:
     assert sum(line.startswith("keep  vassal stage--keep--") for line in lines) == 1
     assert sum(line.startswith("stop  vassal stage--") for line in lines) == 3  # site, api, old
     assert "nginx: test and reload" in lines
+    assert f"live  {artifacts[1].name}" in lines
+    # Why each vassal starts: a new Sess, or the settings of its running vassal that differ.
+    assert any(line.startswith("start vassal stage--new--") and line.endswith("(new sess new)") for line in lines)
+    site = next(line for line in lines if line.startswith("start vassal stage--site--"))
+    assert site.endswith(")") and "(sess site changed: " in site and "wsgi-file" in site, site
     assert vassal_links(sandbox) == before and live_generation(sandbox) == 1
+
+
+def test_plan_is_the_dry_run_and_a_saved_plan_refuses_a_changed_host(stage: Deployed, tmp_path: Path) -> None:
+    stage.at(1)
+    artifacts = stage.artifacts
+    saved = tmp_path / "plan.json"
+    planned = run_cli("plan", str(artifacts[2]), "--save", str(saved))
+    assert planned.code == 0, planned.err
+    assert planned.out == run_cli("apply", str(artifacts[2]), "--dry-run").out  # the same output
+    stage.at(2)  # the host changes after the plan was made
+    stage.at(1)
+    code, out, err = apply(artifacts[2], "--plan", str(saved))  # gen 1 is live again: the plan still holds
+    assert code == 0, out + err
+    code, _, err = apply(artifacts[1], "--plan", str(saved))
+    assert code == 1 and "the plan" in err and f"is for {artifacts[2].name}" in err, err
+    stage.at(1)
+    code, _, err = apply(artifacts[2], "--plan", str(tmp_path / "plan.json"), "--dry-run")
+    assert code == 0, err
+    stale = tmp_path / "stale.json"
+    stale.write_text(saved.read_text().replace(artifacts[1].name, "stage-" + "0" * 32))
+    code, _, err = apply(artifacts[2], "--plan", str(stale))
+    assert code == 1 and "the saved plan is stale" in err, err
+    assert live_generation(stage.sandbox) == 1
 
 
 def test_switch_to_generation_2_under_load_loses_no_request(stage: Deployed) -> None:

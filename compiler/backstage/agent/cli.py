@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("artifact", type=Path)
     verbs = parser.add_subparsers(dest="verb", required=True)
     apply = verbs.add_parser("apply", help="make this artifact live")
+    apply.add_argument("--expect-live", metavar="GENERATION",
+                       help="refuse unless this generation ('' for none) is live (a saved plan's)")
     rollback = verbs.add_parser("rollback", help="switch back to an earlier generation")
     rollback.add_argument("--to", help="a kept generation's name or hash prefix (default: the previous one)")
     defaults = Timeouts()
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     artifact: Path = args.artifact.resolve()
     if args.verb == "apply":
-        return switch(artifact, timeouts(args), dry_run=args.dry_run, force=args.force)
+        return switch(artifact, timeouts(args), dry_run=args.dry_run, force=args.force, expect_live=args.expect_live)
     state = State(read_plan(artifact))
     if args.verb == "rollback":
         chosen = timeouts(args)

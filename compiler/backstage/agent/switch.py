@@ -341,7 +341,7 @@ def describe(exc: BaseException) -> str:
 # -------------------------------------------------------------------------------------- the switch
 
 def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bool = False,
-           force: bool = False) -> int:
+           force: bool = False, expect_live: str | None = None) -> int:
     """Make `artifact` live; returns the exit code. Refused (or ContractError) means nothing changed.
 
     `locked`: the caller already holds the production's lock (a rollback chooses its target under it).
@@ -359,9 +359,9 @@ def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bo
     if dry_run:
         return dry_run_switch(state, artifact, force)
     if locked:
-        return locked_switch(state, artifact, timeouts, force)
+        return locked_switch(state, artifact, timeouts, force, expect_live)
     with state.lock(timeouts.lock_wait):
-        return locked_switch(state, artifact, timeouts, force)
+        return locked_switch(state, artifact, timeouts, force, expect_live)
 
 
 def servers_to_test(plan: Plan, artifact: Path) -> list[Path]:
@@ -386,6 +386,7 @@ def refuse_unstartable(state: State, steps: Steps) -> None:
 
 def dry_run_switch(state: State, artifact: Path, force: bool) -> int:
     steps = plan_steps(state)
+    out(f"live  {state.current_name() or 'nothing'}")
     refuse_unstartable(state, steps)
     zone_changes = dns.prepare(state, artifact, force)
     if not os.path.lexists(state.root):
@@ -400,9 +401,10 @@ def dry_run_switch(state: State, artifact: Path, force: bool) -> int:
     for step in state.plan.steps:
         if step.kind != "collectstatic" or not store.complete(root / step.static):
             out(f"run   {step.kind} of act {step.act}: {' '.join(step.argv)}")
+    reasons = start_reasons(state, artifact, steps)
     for verb, names in steps.by_verb():
         for name in names:
-            out(f"{verb:5} vassal {name}")
+            out(f"{verb:5} vassal {name}" + (f" ({reasons[name]})" if name in reasons else ""))
     out("nginx: test and reload")
     for zone_change in zone_changes:
         for change in zone_change.changes:
@@ -410,7 +412,49 @@ def dry_run_switch(state: State, artifact: Path, force: bool) -> int:
     return 0
 
 
-def locked_switch(state: State, artifact: Path, timeouts: Timeouts, force: bool = False) -> int:
+def start_reasons(state: State, artifact: Path, steps: Steps) -> dict[str, str]:
+    """Why each vassal to start is started: a new Sess, or which settings of its running vassal differ
+    (its file's `key = value` lines; a changed environment or code shows as its entry's wsgi-file)."""
+    running: dict[str, Path] = {}
+    plans: dict[str, Plan | None] = {}
+    for name in steps.stop + steps.keep:
+        vassal = linked_vassal(state, name, plans)
+        if vassal is not None:
+            running.setdefault(vassal.sess, state.vassals_dir / name)
+    reasons = {}
+    by_file = state.plan.vassal_files()
+    for name in steps.start:
+        sess = by_file[name].sess
+        old = running.get(sess)
+        if old is None:
+            reasons[name] = f"new sess {sess}"
+            continue
+        try:
+            before, after = _settings(old.read_text()), _settings((artifact / UWSGI / name).read_text())
+        except OSError:
+            reasons[name] = f"sess {sess} changed"
+            continue
+        keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        reasons[name] = f"sess {sess} changed: {', '.join(keys) if keys else 'restarted (apply --restart)'}"
+    return reasons
+
+
+def _settings(text: str) -> dict[str, list[str]]:
+    """A vassal file's options (repeatable ones as lists); the socket, which holds the file's own hash,
+    is left out."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith((";", "#", "[")) and key.strip() not in ("socket", "http-socket"):
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def locked_switch(state: State, artifact: Path, timeouts: Timeouts, force: bool = False,
+                  expect_live: str | None = None) -> int:
+    if expect_live is not None and (state.current_name() or "") != expect_live:
+        raise Refused(f"the saved plan is stale: it was made while {expect_live or 'nothing'} was live, and "
+                      f"{state.current_name() or 'nothing'} is live now; make a new plan (backstage plan)")
     steps = plan_steps(state)
     refuse_unstartable(state, steps)
     zone_changes = dns.prepare(state, artifact, force)  # read-only: PowerDNS's zones, what would change

@@ -87,6 +87,64 @@ def _installer_exit(code: int) -> int:
     return EXIT_INPUT
 
 
+PLAN_FORMAT = 1
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """`apply --dry-run`, and with --save a plan file that `apply --plan` holds the host to."""
+    args.dry_run, args.atomic, args.restart, args.keep_ansible, args.plan = True, False, [], False, None
+    code = _apply(args)
+    if code == 0 and args.save:
+        target = _artifact_dir(Path(args.artifact), args.output)
+        state = Path(contract.read_plan(target).state_dir) if not fleet.is_fleet(target) else None
+        if state is None:
+            raise UsageError("--save: a saved plan is for a production on one host")
+        try:
+            live = Path(os.readlink(state / "current")).name
+        except OSError:
+            live = ""
+        Path(args.save).write_text(json.dumps({"format": PLAN_FORMAT, "artifact": target.name, "live": live,
+                                               "state_dir": str(state)}, indent=1, sort_keys=True) + "\n")
+        print(f"plan saved to {args.save}: apply it with `backstage apply --plan {args.save} {args.artifact}`",
+              file=sys.stderr)
+    return code
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from . import review
+
+    try:
+        result = review.diff(review.load(Path(args.old)), review.load(Path(args.new)))
+    except contract.ContractError as exc:
+        raise handoff.HandoffError(f"cannot compare: {exc}") from None
+    sys.stdout.write(json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False) + "\n" if args.json
+                     else review.text(result))
+    return 0
+
+
+def _artifact_dir(target: Path, output: str) -> Path:
+    """The artifact directory `apply` and `plan` act on (a production file's newest build)."""
+    if target.is_file():
+        target = Path(output)
+    if (target / "result").is_symlink():
+        target = target / "result"
+    return target.resolve()
+
+
+def _saved_plan(path: str, artifact: Path) -> str:
+    """The generation a saved plan saw live; refused if it is not a plan of `artifact`."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        live, name = saved["live"], saved["artifact"]
+        if saved.get("format") != PLAN_FORMAT or not isinstance(live, str) or not isinstance(name, str):
+            raise ValueError("not a backstage plan")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--plan {path}: {exc}") from None
+    if name != artifact.name:
+        raise handoff.HandoffError(f"refusing to apply: the plan {path} is for {name}, not {artifact.name}")
+    return live
+
+
 def _apply(args: argparse.Namespace) -> int:
     target = Path(args.artifact)
     if target.is_file():  # a production file: build it here first, as `build` would
@@ -106,6 +164,8 @@ def _apply(args: argparse.Namespace) -> int:
     if args.atomic:
         raise UsageError("--atomic applies to a production on several hosts ([hosts])")
     extra = (["--dry-run"] if args.dry_run else []) + (["--force"] if args.force else [])
+    if args.plan:
+        extra.append(f"--expect-live={_saved_plan(args.plan, target)}")
     with handoff.staged(target, args.dry_run) as copy:
         return _installer_exit(handoff.run_installer(copy / contract.INSTALLER, "apply", *extra, *_timeouts(args)))
 
@@ -244,7 +304,19 @@ def parser() -> argparse.ArgumentParser:
                      help="with [hosts]: if the rollout stops, roll back the hosts already switched too")
     sub.add_argument("--keep-ansible", action="store_true",
                      help="with [hosts]: keep the generated inventory and playbooks (their directory is printed)")
+    sub.add_argument("--plan", metavar="FILE",
+                     help="a plan saved by `backstage plan --save`: refuse if what the host runs changed since")
     switch_options(sub)
+    sub = verb("plan", _plan, "Say what applying an artifact would do on this host now; change nothing.")
+    sub.add_argument("artifact", help="an artifact directory, a build directory holding `result`, or a "
+                                      "production file (built first)")
+    sub.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
+                     help=f"where a production file is built (default: ./{DEFAULT_OUTPUT})")
+    sub.add_argument("--save", metavar="FILE", help="also save the plan, for `apply --plan FILE`")
+    sub.add_argument("--force", action="store_true", help="plan a DNS change over the 30%% guard")
+    for name in contract.Timeouts.HELP:  # the agent's dry run takes them; a plan waits for nothing
+        sub.add_argument(contract.flag(name), dest=name, type=float, default=getattr(contract.Timeouts(), name),
+                         metavar="S", help=argparse.SUPPRESS)
     sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
     sub.add_argument("production", help="the production file or its state_dir")
     sub.add_argument("--to", metavar="HASH", help="a kept generation's name or hash prefix")
@@ -255,6 +327,10 @@ def parser() -> argparse.ArgumentParser:
     drain = contract.Timeouts().drain
     sub.add_argument(contract.flag("drain"), dest="drain_timeout", type=float, default=drain, metavar="S",
                      help=f"{contract.Timeouts.HELP['drain']} (default {drain:g})")
+    sub = verb("diff", _diff, "Say in words what changes from OLD to NEW (production files or artifacts).")
+    sub.add_argument("old")
+    sub.add_argument("new")
+    sub.add_argument("--json", action="store_true", help='machine-readable ("format": 1)')
     sub = verb("generations", _generations, "List the generations kept on this host.")
     sub.add_argument("production", help="the production file or its state_dir")
     sub = verb("gc", _gc, "Delete old generations; never the current one or one a live link uses.")
