@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,15 @@ def stop_session(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signum)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
+    # The command's own children (reparented once it died) may still be taking their SIGKILL: wait a
+    # little until none is left, so that what runs next finds them gone.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
 
 
 def tail(output: str) -> str:
