@@ -7,9 +7,9 @@
         assert web1.http_get("show.test", "/").status == 200
 
 Host i (1-based, in the order of `names`) is:
-- a network namespace bs{pid}h{i} (lo up) joined to the root namespace by a veth pair: 10.231.{i}.1/30 on
-  the root side (bs{pid}r{i}), 10.231.{i}.2/30 inside (eth0). Nothing else is routed: a test reaches only
-  loopback and these addresses.
+- a network namespace bs{pid}h{i} (lo up) joined to the root namespace by a veth pair: NET.{i}.1/30 on
+  the root side (bs{pid}r{i}), NET.{i}.2/30 inside (eth0), NET the first free of 10.231-10.239. Nothing
+  else is routed: a test reaches only loopback and these addresses.
 - tests/fleet_host.py, run there as pid 1 of its own pid namespace, in its own mount and UTS namespaces
   (hostname = the host's name). It bind-mounts ROOT = tmp/NAME/fs onto /srv/bsfleet (only inside: the root
   namespace sees an empty /srv/bsfleet), then starts the host's sshd (0.0.0.0:22 in the netns, root login
@@ -53,7 +53,7 @@ from harness import Response
 __all__ = ["MOUNT_AT", "Fleet", "FleetError", "FleetHost"]
 
 MOUNT_AT = Path("/srv/bsfleet")
-NET = "10.231"
+NETS = tuple(f"10.{n}" for n in range(231, 240))  # the first one no other Fleet uses (a benchmark beside CI)
 HOST_SCRIPT = Path(__file__).resolve().parent / "fleet_host.py"
 PR_SET_PDEATHSIG = 1
 _NAMES = re.compile(r"^bs(\d+)[hrp]\d+$")
@@ -232,11 +232,12 @@ class Fleet:
         self.stats_port = stats_port
         self.start_timeout = start_timeout
         self.python = _real_python()
+        self.net = NETS[0]
         self.key_file = self.tmp / "id_ed25519"
         self.known_hosts = self.tmp / "known_hosts"
         me = os.getpid()
         self.hosts = [
-            FleetHost(name=name, index=i, netns=f"bs{me}h{i}", address=f"{NET}.{i}.2", dir=self.tmp / name,
+            FleetHost(name=name, index=i, netns=f"bs{me}h{i}", address=f"{NETS[0]}.{i}.2", dir=self.tmp / name,
                       root=self.tmp / name / "fs", mount_at=self.mount_at)
             for i, name in enumerate(names, start=1)
         ]
@@ -294,6 +295,44 @@ class Fleet:
             "ansible_ssh_pipelining": "true",
             "ansible_remote_tmp": str(self.mount_at / ".ansible" / "tmp"),  # per host, not the shared /root
         }
+
+    def ansible_env(self, home: Path) -> dict[str, str]:
+        """What connects `backstage apply`'s Ansible to these hosts: Ansible's own environment variables,
+        as an operator would set them in ansible.cfg (ANSIBLE_HOME: `home`, not ~/.ansible)."""
+        return {
+            "ANSIBLE_HOME": str(home),
+            "ANSIBLE_REMOTE_USER": "root",
+            "ANSIBLE_PRIVATE_KEY_FILE": str(self.key_file),
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPath=none",
+            "ANSIBLE_SSH_COMMON_ARGS": shlex.join(self.ssh_args),
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_REMOTE_TMP": str(self.mount_at / ".ansible" / "tmp"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_TIMEOUT": "60",
+        }
+
+    def production_head(self, name: str, batch: int = 1, max_failed: int = 0) -> str:
+        """The [production], [host] and [hosts.*] tables of a production on these hosts: every path under
+        mount_at (each host its own), ssh as root without become, the hosts' own Python."""
+        from conftest import host_table
+
+        text = f"""\
+[production]
+name = {json.dumps(name)}
+state_dir = "{self.mount_at}/state"
+run_dir = "{self.mount_at}/run"
+log_dir = "{self.mount_at}/log"
+rollout = {{ batch = {batch}, max_failed = {max_failed} }}
+
+""" + host_table(self.hosts[0].host_table)
+        for host in self.hosts:
+            text += f"""
+[hosts.{host.name}]
+address = "{host.address}"
+python = {json.dumps(self.python)}
+become = false
+"""
+        return text
 
     def inventory(self, group: str = "fleet") -> dict[str, Any]:
         """An Ansible YAML/JSON inventory: every host in `group`, with inventory_vars()."""
@@ -368,10 +407,15 @@ class Fleet:
                 _ip("link", "del", link, check=False)
 
     def _check_free(self) -> None:
-        used = [line for line in (_ip("-o", "addr").stdout + _ip("route", "show", "table", "all").stdout).splitlines()
-                if f" {NET}." in f" {line}"]
-        if used:
-            raise FleetError(f"{NET}.0.0/16 is already in use here (another Fleet?):\n" + "\n".join(used))
+        """Take the first of NETS no address or route here uses, and give the hosts their addresses in it."""
+        lines = (_ip("-o", "addr").stdout + _ip("route", "show", "table", "all").stdout).splitlines()
+        for net in NETS:
+            if not any(f" {net}." in f" {line}" for line in lines):
+                self.net = net
+                for host in self.hosts:
+                    host.address = f"{net}.{host.index}.2"
+                return
+        raise FleetError(f"every one of {NETS[0]}..{NETS[-1]} is already in use here (other Fleets?)")
 
     def _keys(self) -> None:
         if not self.key_file.exists():
@@ -420,7 +464,7 @@ LogLevel VERBOSE
         _ip("link", "add", host.root_veth, "type", "veth", "peer", "name", peer)
         _ip("link", "set", peer, "netns", host.netns)
         _ip("-n", host.netns, "link", "set", peer, "name", "eth0")
-        _ip("addr", "add", f"{NET}.{host.index}.1/30", "dev", host.root_veth)
+        _ip("addr", "add", f"{self.net}.{host.index}.1/30", "dev", host.root_veth)
         _ip("-n", host.netns, "addr", "add", f"{host.address}/30", "dev", "eth0")
         _ip("link", "set", host.root_veth, "up")
         _ip("-n", host.netns, "link", "set", "eth0", "up")

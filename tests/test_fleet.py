@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import host_table
 from fleet import MOUNT_AT, Fleet
 from harness import Run, backstage
 
@@ -44,22 +42,7 @@ class Stage:
     def production(self, version: int, batch: int = 1, max_failed: int = 0) -> Path:
         q = json.dumps
         web1 = self.fleet["web1"]
-        text = f"""\
-[production]
-name = "fleet"
-state_dir = "{MOUNT_AT}/state"
-run_dir = "{MOUNT_AT}/run"
-log_dir = "{MOUNT_AT}/log"
-rollout = {{ batch = {batch}, max_failed = {max_failed} }}
-
-""" + host_table(web1.host_table)
-        for host in self.fleet:
-            text += f"""
-[hosts.{host.name}]
-address = "{host.address}"
-python = {q(self.fleet.python)}
-become = false
-"""
+        text = self.fleet.production_head("fleet", batch, max_failed)
         text += f"""
 [stages.main]
 virtualenv = {q(sys.prefix)}
@@ -130,16 +113,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     (tmp / "app").mkdir()
     (tmp / "app" / "fleetapp.py").write_text(APP)
     with Fleet(tmp / "hosts", HOSTS) as fleet:
-        env = {
-            "ANSIBLE_HOME": str(tmp / "ansible-home"),
-            "ANSIBLE_REMOTE_USER": "root",
-            "ANSIBLE_PRIVATE_KEY_FILE": str(fleet.key_file),
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPath=none",
-            "ANSIBLE_SSH_COMMON_ARGS": shlex.join(fleet.ssh_args),
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_REMOTE_TMP": str(MOUNT_AT / ".ansible" / "tmp"),
-            "ANSIBLE_NOCOLOR": "1",
-        }
+        env = fleet.ansible_env(tmp / "ansible-home")
         yield Stage(fleet, tmp, env)
 
 

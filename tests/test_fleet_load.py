@@ -9,7 +9,6 @@ so the test sees every host switch under its load, and the hosts switch one afte
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import host_table
-from fleet import MOUNT_AT, Fleet, FleetHost
+from fleet import Fleet, FleetHost
 from harness import Run, backstage
 
 APP = '''
@@ -136,22 +134,7 @@ class Stage:
     def production(self, version: int) -> Path:
         q = json.dumps
         web1 = self.fleet["web1"]
-        text = f"""\
-[production]
-name = "fleetload"
-state_dir = "{MOUNT_AT}/state"
-run_dir = "{MOUNT_AT}/run"
-log_dir = "{MOUNT_AT}/log"
-rollout = {{ batch = 1, max_failed = 0 }}
-
-""" + host_table(web1.host_table)
-        for host in self.fleet:
-            text += f"""
-[hosts.{host.name}]
-address = "{host.address}"
-python = {q(self.fleet.python)}
-become = false
-"""
+        text = self.fleet.production_head("fleetload")
         text += f"""
 [stages.main]
 virtualenv = {q(sys.prefix)}
@@ -195,17 +178,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     (tmp / "app").mkdir()
     (tmp / "app" / "loadapp.py").write_text(APP)
     with Fleet(tmp / "hosts", HOSTS, start_timeout=60.0) as fleet:
-        env = {
-            "ANSIBLE_HOME": str(tmp / "ansible-home"),
-            "ANSIBLE_REMOTE_USER": "root",
-            "ANSIBLE_PRIVATE_KEY_FILE": str(fleet.key_file),
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPath=none",
-            "ANSIBLE_SSH_COMMON_ARGS": shlex.join(fleet.ssh_args),
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_REMOTE_TMP": str(MOUNT_AT / ".ansible" / "tmp"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_TIMEOUT": "60",
-        }
+        env = fleet.ansible_env(tmp / "ansible-home")
         yield Stage(fleet, tmp, env)
 
 
