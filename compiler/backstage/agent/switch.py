@@ -386,11 +386,11 @@ def refuse_unstartable(state: State, steps: Steps) -> None:
 
 def dry_run_switch(state: State, artifact: Path, force: bool) -> int:
     steps = plan_steps(state)
-    out(f"live  {state.current_name() or 'nothing'}")
     refuse_unstartable(state, steps)
     zone_changes = dns.prepare(state, artifact, force)
     if not os.path.lexists(state.root):
         out(f"state_dir {state.root} does not exist yet: apply would create it")
+    out(f"live  {state.current_name() or 'nothing'}")
     root = Path(state.plan.store_dir)
     for name in sorted(state.plan.store_paths()):
         if not store.complete(root / name):
