@@ -22,6 +22,22 @@ def link(target: Path, at: Path) -> None:
     os.replace(tmp, at)
 
 
+def write_file(path: Path, content: bytes, mode: int) -> None:
+    """Replace the small file `path` atomically with `content`: written to a temporary beside it (never
+    through a link), synced, then renamed over it, so a reader sees the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

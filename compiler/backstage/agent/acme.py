@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..contract import ACME_WEBROOT, CERTS, AcmePlan, CertificatePlan, Plan
+from ..files import write_file
 from . import commands, nginx, trust
 from .outcomes import Failed, Refused, out, say
 from .state import CURRENT, State
@@ -86,16 +87,7 @@ def pending_config(state: State, generation: Path, certificates: Sequence[Certif
 def write_pending(state: State, text: str) -> Path:
     """Write state_dir/acme.conf anew (never through a link), atomically."""
     path = state.root / PENDING
-    tmp = path.with_name(f".{PENDING}.{os.getpid()}.tmp")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_file(path, text.encode(), 0o644)
     return path
 
 
@@ -134,17 +126,7 @@ def obtain_one(plan: Plan, acme: AcmePlan, cert: CertificatePlan) -> None:
     if done.code != 0 or not (os.path.isfile(cert.fullchain) and os.path.isfile(cert.key)):
         raise Failed(f"venue {cert.venue}: certbot could not get its certificate from {acme.directory}: "
                      f"{why(done)}\n{commands.tail(done.output)}")
-    record = _record(plan, cert.venue)
-    tmp = record.with_name(f".{record.name}.tmp")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, _names_text(cert.names).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, record)
+    write_file(_record(plan, cert.venue), _names_text(cert.names).encode(), 0o644)
     out(f"certificate for venue {cert.venue}: {', '.join(cert.names)}")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import STORE, ContractError, Plan, copy_verified, verify
-from ..files import remove_tree
+from ..files import remove_tree, write_file
 from . import trust
 from .outcomes import Refused
 
@@ -82,16 +82,7 @@ class State:
                 raise Refused(f"state_dir {self.root} holds generations of another production ({others[0]}); "
                               f"give production {self.production} a state_dir of its own") from None
             if write:
-                tmp = owner.with_name(f".{OWNER}.{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
-                try:
-                    os.write(fd, f"{self.production}\n".encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, owner)
+                write_file(owner, f"{self.production}\n".encode(), 0o444)
             return
         except (OSError, ValueError) as exc:
             raise Refused(f"cannot read {owner}: {exc}") from None
