@@ -122,6 +122,27 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _route(args: argparse.Namespace) -> int:
+    from . import review, route
+
+    if args.unreachable != (len(args.target) == 1):
+        raise UsageError("give URL PRODUCTION, or --unreachable PRODUCTION")
+    try:
+        side = review.load(Path(args.target[-1]))
+        if args.unreachable:
+            lines, document = route.unreachable(side.files)
+        else:
+            address = side.production.host.address if side.production is not None else None
+            lines, document = route.route(side.files, args.target[0], address=args.address, host=args.host,
+                                          default_address=address or "")
+    except route.RouteError as exc:
+        raise UsageError(str(exc)) from None
+    except contract.ContractError as exc:
+        raise handoff.HandoffError(f"cannot route: {exc}") from None
+    sys.stdout.write(route.dumps(document) if args.json else "\n".join(lines) + "\n")
+    return 0
+
+
 def _artifact_dir(target: Path, output: str) -> Path:
     """The artifact directory `apply` and `plan` act on (a production file's newest build)."""
     if target.is_file():
@@ -330,6 +351,15 @@ def parser() -> argparse.ArgumentParser:
     sub = verb("diff", _diff, "Say in words what changes from OLD to NEW (production files or artifacts).")
     sub.add_argument("old")
     sub.add_argument("new")
+    sub.add_argument("--json", action="store_true", help='machine-readable ("format": 1)')
+    sub = verb("route", _route, "Say which server, location, Gig and Sess answer a URL, by nginx's rules.")
+    sub.add_argument("target", nargs="+", metavar="URL PRODUCTION",
+                     help="the URL, then a production file or an artifact (with --unreachable: only the latter)")
+    sub.add_argument("--address", metavar="IP", help="the IPv4 address the connection goes to (default: the URL's "
+                                                     "own, else the host's [host].address, else 127.0.0.1)")
+    sub.add_argument("--host", metavar="NAME", help="with [hosts]: route on this host only (default: the hosts "
+                                                    "that serve the URL's name)")
+    sub.add_argument("--unreachable", action="store_true", help="list the locations no URL can reach")
     sub.add_argument("--json", action="store_true", help='machine-readable ("format": 1)')
     sub = verb("generations", _generations, "List the generations kept on this host.")
     sub.add_argument("production", help="the production file or its state_dir")
