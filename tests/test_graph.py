@@ -7,7 +7,7 @@ from backstage.phases import graph, pipeline
 from conftest import EXAMPLES
 
 
-def jazzclub() -> nx.DiGraph:
+def jazzclub() -> graph.Graph:
     return pipeline.check_file(EXAMPLES / "jazzclub" / "production.toml").graph
 
 
@@ -25,6 +25,15 @@ def test_needed_sesses_come_first() -> None:
 
 
 def test_unbooked_things_are_still_nodes() -> None:
-    g = jazzclub()
+    g = jazzclub().as_networkx()
     assert ("venue", "sunday") in g and g.in_degree(("venue", "sunday")) == 0
     assert ("sess", "sketch") in g and g.in_degree(("sess", "sketch")) == 0
+
+
+def test_a_production_without_needs_orders_sesses_by_name_without_networkx() -> None:
+    minimal = pipeline.check_file(EXAMPLES / "minimal" / "production.toml").graph
+    assert graph.sesses_needed_first(minimal) == ["site"]
+    assert graph.needs_cycles(minimal) == []
+    assert minimal._nx is None  # nothing asked for the networkx graph
+    assert isinstance(minimal.as_networkx(), nx.DiGraph)
+    assert set(minimal.as_networkx().nodes) == set(minimal.nodes)

@@ -1,4 +1,4 @@
-"""Phase 3, graph: the production's things and their relations, built once as a networkx graph.
+"""Phase 3, graph: the production's things and their relations, as one graph (networkx for its algorithms).
 
 Nodes are (kind, name); an edge u -> v means u depends on v, with a `role`: a Sess `plays` its Act,
 is `on` its Stage and `needs` other Sesses; a Gig `plays` its Sess `at` its Venue. check reads it
@@ -11,25 +11,52 @@ a reference to nothing, or an entry that is not a table, adds no edge (check rep
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 Node = tuple[str, str]
 _TABLES = (("act", "acts"), ("stage", "stages"), ("sess", "sesses"), ("venue", "venues"), ("gig", "gigs"))
 
 
-def build(data: dict[str, Any]) -> nx.DiGraph:
-    graph = nx.DiGraph()
+@dataclass(slots=True)
+class Graph:
+    """The graph as its nodes and role-labelled edges. The networkx DiGraph of the same (`as_networkx`) is
+    built on first use: a production without `needs` never pays for importing networkx."""
+
+    nodes: list[Node] = field(default_factory=list)
+    edges: list[tuple[Node, Node, str]] = field(default_factory=list)
+    _nx: Any = field(default=None, repr=False)
+
+    def as_networkx(self) -> nx.DiGraph:
+        if self._nx is None:
+            import networkx as nx
+
+            graph = nx.DiGraph()
+            graph.add_nodes_from((node, {"kind": node[0]}) for node in self.nodes)
+            graph.add_edges_from((u, v, {"role": role}) for u, v, role in self.edges)
+            self._nx = graph
+        return self._nx
+
+    def needs(self) -> list[tuple[str, str]]:
+        return [(u[1], v[1]) for u, v, role in self.edges if role == "needs"]
+
+
+def build(data: dict[str, Any]) -> Graph:
+    graph = Graph()
     tables: dict[str, dict[str, Any]] = {}
     for kind, key in _TABLES:
         table = data.get(key)
         tables[kind] = {n: e for n, e in table.items() if isinstance(e, dict)} if isinstance(table, dict) else {}
-        graph.add_nodes_from(((kind, name) for name in tables[kind]), kind=kind)
+        graph.nodes.extend((kind, name) for name in tables[kind])
+    seen: set[tuple[Node, Node]] = set()
 
     def edge(kind: str, name: str, other: str, ref: Any, role: str) -> None:
-        if isinstance(ref, str) and ref in tables[other]:
-            graph.add_edge((kind, name), (other, ref), role=role)
+        if isinstance(ref, str) and ref in tables[other] and ((kind, name), (other, ref)) not in seen:
+            seen.add(((kind, name), (other, ref)))
+            graph.edges.append(((kind, name), (other, ref), role))
 
     for name, sess in tables["sess"].items():
         edge("sess", name, "act", sess.get("act"), "plays")
@@ -43,16 +70,22 @@ def build(data: dict[str, Any]) -> nx.DiGraph:
     return graph
 
 
-def _needs(graph: nx.DiGraph) -> nx.DiGraph:
+def _needs(graph: Graph) -> nx.DiGraph:
     """Sess names; an edge u -> v means Sess u needs Sess v."""
+    import networkx as nx
+
     needs = nx.DiGraph()
     needs.add_nodes_from(name for kind, name in graph.nodes if kind == "sess")
-    needs.add_edges_from((u[1], v[1]) for u, v, role in graph.edges(data="role") if role == "needs")
+    needs.add_edges_from(graph.needs())
     return needs
 
 
-def needs_cycles(graph: nx.DiGraph) -> list[list[str]]:
+def needs_cycles(graph: Graph) -> list[list[str]]:
     """Every `needs` cycle, once per strongly connected component, starting at its smallest name."""
+    if not graph.needs():
+        return []
+    import networkx as nx
+
     needs = _needs(graph)
     cycles = []
     for component in sorted(sorted(c) for c in nx.strongly_connected_components(needs)):
@@ -63,22 +96,28 @@ def needs_cycles(graph: nx.DiGraph) -> list[list[str]]:
     return cycles
 
 
-def sesses_needed_first(graph: nx.DiGraph) -> list[str]:
+def sesses_needed_first(graph: Graph) -> list[str]:
     """Sess names ordered so that every Sess comes after the Sesses it needs; ties by name."""
+    if not graph.needs():  # no order to keep but the names'
+        return sorted(name for kind, name in graph.nodes if kind == "sess")
+    import networkx as nx
+
     return list(nx.lexicographical_topological_sort(_needs(graph).reverse(copy=False), key=str))
 
 
-def dependencies(graph: nx.DiGraph, gig: str) -> list[Node]:
+def dependencies(graph: Graph, gig: str) -> list[Node]:
     """Everything a Gig needs to be live: its Venue, Sess, Act, Stage and all Sesses needed transitively."""
-    return sorted(nx.descendants(graph, ("gig", gig)))
+    import networkx as nx
+
+    return sorted(nx.descendants(graph.as_networkx(), ("gig", gig)))
 
 
-def to_dot(production: str, graph: nx.DiGraph) -> str:
+def to_dot(production: str, graph: Graph) -> str:
     shapes = {"act": "box", "stage": "cylinder", "sess": "ellipse", "venue": "house", "gig": "note"}
     lines = [f"digraph {_quote(production)} {{", "  rankdir=LR;"]
-    for kind, name in sorted(graph.nodes):
+    for kind, name in sorted(set(graph.nodes)):
         lines.append(f"  {_quote(f'{kind}:{name}')} [label={_quote(f'{kind} {name}')}, shape={shapes[kind]}];")
-    for (uk, un), (vk, vn), role in sorted(graph.edges(data="role")):
+    for (uk, un), (vk, vn), role in sorted(graph.edges):
         lines.append(f"  {_quote(f'{uk}:{un}')} -> {_quote(f'{vk}:{vn}')} [label={_quote(role)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
