@@ -7,10 +7,10 @@ import json
 import re
 from collections.abc import Iterator
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-import networkx as nx
+if TYPE_CHECKING:
+    import jsonschema
 
 from ..errors import CODES, CONTROL, Diagnostic, InputError
 from . import dns, layout, schema
@@ -37,10 +37,37 @@ _GENERIC_CODES = {
 
 @cache
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema  # only on the error path: its import and validation are slow
+
     return jsonschema.Draft202012Validator(schema.inlined())
 
 
-def check(normalised: Normalised, graph: nx.DiGraph) -> None:
+@cache
+def _fast_validator() -> Any:
+    """jsonschema-rs (compiled) over the same schema, formats not asserted as jsonschema does not; None
+    when it is not installed."""
+    try:
+        import jsonschema_rs
+    except ImportError:
+        return None
+    return jsonschema_rs.Draft202012Validator(schema.inlined(), validate_formats=False)
+
+
+def valid_fast(data: dict[str, Any]) -> bool:
+    """True when the compiled validator finds the data valid. Any other answer (invalid, a value it
+    cannot take, such as a TOML date or an integer beyond 64 bits, or no such validator) sends the data
+    to jsonschema, whose errors carry the paths and codes reported. tests/test_fast_paths.py holds both
+    validators to the same verdicts."""
+    validator = _fast_validator()
+    if validator is None:
+        return False
+    try:
+        return bool(validator.is_valid(data))
+    except Exception:
+        return False
+
+
+def check(normalised: Normalised, graph: graphs.Graph) -> None:
     """Raise InputError listing every problem in the production, sorted by line.
 
     `graph` is the graph phase's view of the same data (its `needs` cycles are reported here).
@@ -105,6 +132,8 @@ def _is_env_value(path: KeyPath) -> bool:
 
 
 def _schema_errors(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:
+    if valid_fast(data):
+        return
     for error in _validator().iter_errors(data):
         yield from _describe(error, source)
 
@@ -155,7 +184,7 @@ def _describe(error: jsonschema.ValidationError, source: Source) -> Iterator[Dia
 def _expectation(error: jsonschema.ValidationError) -> str:
     sub = error.schema if isinstance(error.schema, dict) else {}
     expect = sub.get("x-expect")
-    if not expect and isinstance(error.parent, jsonschema.ValidationError):
+    if not expect and error.parent is not None and hasattr(error.parent, "schema"):
         parent = error.parent.schema if isinstance(error.parent.schema, dict) else {}
         expect = parent.get("x-expect")
     return f"expected {expect}" if expect else ""
@@ -200,7 +229,7 @@ def _static_prefixes(act: dict[str, Any]) -> list[str]:
 class _Rules:
     """Rules a schema cannot state: they relate one part of the production to another."""
 
-    def __init__(self, normalised: Normalised, graph: nx.DiGraph) -> None:
+    def __init__(self, normalised: Normalised, graph: graphs.Graph) -> None:
         data = normalised.data
         self.normalised = normalised
         self.graph = graph

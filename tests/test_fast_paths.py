@@ -1,0 +1,159 @@
+"""The fast paths (rtoml for TOML, jsonschema-rs for the schema) change no verdict and no byte.
+
+A file takes the compiled parser and validator when they accept it, and the reporting ones (tomllib,
+jsonschema) otherwise. Each property below compiles every input twice, with the fast paths and without
+them, and requires the same outcome: the same artifact (same name, so the same bytes), or the same
+diagnostics. The inputs: every hostile file and example, generated productions, the string mutations of
+test_properties.py, and edits of TOML syntax that stress the two parsers' differences.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import strategies as S
+from backstage.errors import InputError
+from backstage.phases import check, load, pipeline
+from conftest import EXAMPLES
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from test_hostile import GENERATED
+from test_properties import FIELDS, base_production, mutations
+
+HOSTILE = Path(__file__).parent / "hostile"
+TLS = ("/etc/ssl/backstage/site.pem", "/etc/ssl/backstage/site.key")
+EXAMPLES_EACH = int(os.environ.get("BACKSTAGE_FAST_PATH_EXAMPLES", "400"))
+
+
+@contextmanager
+def slow_paths() -> Iterator[None]:
+    """tomllib and jsonschema only, as before the fast paths."""
+    parse, valid = load.parse_fast, check.valid_fast
+    load.parse_fast = lambda text: None  # type: ignore[assignment]
+    check.valid_fast = lambda data: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        load.parse_fast, check.valid_fast = parse, valid
+
+
+def outcome(raw: bytes, name: str = "production.toml") -> tuple[str, ...]:
+    try:
+        return ("built", pipeline.compile_bytes(raw, name).name)
+    except InputError as exc:
+        return ("refused", *(str(d) for d in exc.diagnostics))
+
+
+def same_verdict(raw: bytes, name: str = "production.toml") -> tuple[str, ...]:
+    fast = outcome(raw, name)
+    with slow_paths():
+        slow = outcome(raw, name)
+    assert fast == slow, f"fast paths: {fast}\nslow paths: {slow}"
+    return fast
+
+
+def test_the_fast_paths_are_installed_and_taken() -> None:
+    """They are real dependencies: a missing one would make every property below vacuous."""
+    text = (EXAMPLES / "minimal" / "production.toml").read_text()
+    data = load.parse_fast(text)
+    assert data is not None and typed(data) == typed(tomllib.loads(text))
+    assert check.valid_fast(data)
+    assert not check.valid_fast({**data, "unknown": 1})
+
+
+@pytest.mark.parametrize("path", sorted(HOSTILE.glob("*.toml")) + sorted(EXAMPLES.glob("*/production.toml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_hostile_files_and_examples_get_the_same_verdict(path: Path) -> None:
+    verdict = same_verdict(path.read_bytes(), str(path))
+    if path.parent == HOSTILE:
+        assert verdict[0] == "refused", verdict
+
+
+@pytest.mark.parametrize("case", sorted(name for name in GENERATED if name not in ("bytes-10mb", "bytes-100k-gigs")))
+def test_hostile_bytes_get_the_same_verdict(case: str) -> None:
+    assert same_verdict(GENERATED[case][0]())[0] == "refused"
+
+
+def test_generated_productions_get_the_same_artifact() -> None:
+    built = []
+
+    @settings(max_examples=EXAMPLES_EACH)
+    @given(data=S.productions(TLS))
+    def generated(data: S.Data) -> None:
+        verdict = same_verdict(S.to_toml(data).encode())
+        built.append(verdict[0] == "built")
+
+    generated()
+    assert sum(built) >= len(built) // 2, f"only {sum(built)} of {len(built)} generated productions built"
+
+
+def test_mutated_values_get_the_same_verdict() -> None:
+    verdicts: list[str] = []
+
+    @settings(max_examples=EXAMPLES_EACH)
+    @given(mutation=mutations())
+    def mutated(mutation: tuple[str, str]) -> None:
+        label, value = mutation
+        data = S.clone(base_production(TLS))
+        FIELDS[label][0](data, value)
+        note(f"field {label} = {value!r}")
+        verdicts.append(same_verdict(S.to_toml(data).encode())[0])
+
+    mutated()
+    assert {"built", "refused"} <= set(verdicts), verdicts
+
+
+# Characters that carry meaning in TOML, and a few that do not.
+SYNTAX = st.sampled_from([*'[]{}="\'.,#\\\n\t -+_:0123456789eE', "true", "false", "\'\'\'", '"""', "\\u00e9",
+                          "1979-05-27", "1979-05-27T07:32:00Z", "07:32:00", "0x1F", "0o17", "0b1", "1_000", "inf",
+                          "nan", "+inf", "1e400", "9223372036854775808", "\ufeff", "\r", "\r\n", "\x00", "\x7f",
+                          "\u2028", "\x0c", "\\U0001F600", "\\x41", "a.b", "[[x]]", "{}", "[]"])
+
+
+def typed(value: object) -> object:
+    """The value with every type spelled out: 1 == True and nan != nan would hide differences."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+@st.composite
+def toml_edits(draw: st.DrawFn) -> str:
+    text = S.to_toml(base_production(TLS))
+    if draw(st.booleans()):  # also the way people write: bare keys, [table.name] headers
+        text = text.replace('"', "", 0)
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(text)))
+        cut = draw(st.integers(0, 3))
+        text = text[:at] + "".join(draw(st.lists(SYNTAX, max_size=3))) + text[at + cut:]
+    return text
+
+
+def test_edited_toml_gets_the_same_verdict_and_data() -> None:
+    seen: dict[str, int] = {}
+
+    @settings(max_examples=EXAMPLES_EACH)
+    @given(text=toml_edits())
+    def edited(text: str) -> None:
+        note(repr(text))
+        try:
+            wanted = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            wanted = None
+        got = load.parse_fast(text)
+        # rtoml may refuse what tomllib reads (tomllib then reads it), never read what tomllib refuses,
+        # and never read it differently.
+        assert got is None or typed(got) == typed(wanted), f"rtoml: {got!r}\ntomllib: {wanted!r}"
+        seen["tomllib reads"] = seen.get("tomllib reads", 0) + (wanted is not None)
+        seen["rtoml reads"] = seen.get("rtoml reads", 0) + (got is not None)
+        same_verdict(text.encode())
+
+    edited()
+    assert seen["tomllib reads"] > 0 and seen["rtoml reads"] > 0, seen
