@@ -10,10 +10,14 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__, contract, files
 from . import agentzip, sources
 from .layout import READ_ONLY, File
+
+if TYPE_CHECKING:
+    from .render import Memo
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +25,8 @@ class Built:
     path: Path
     summary: str
     cached: bool
+    rendered: int = 0  # templates rendered by this build
+    reused: int = 0  # template output reused from the build before (render.Memo)
 
 
 def assemble(production: str, rendered: dict[str, File], input_hash: str) -> dict[str, File]:
@@ -73,6 +79,31 @@ def compiler_digest() -> str:
 
 def cache_key(raw: bytes) -> str:
     return hashlib.sha256(compiler_digest().encode() + b"\0" + raw).hexdigest()
+
+
+RENDERS = "renders.json"  # in outdir/.cache: the last build's template output, for the next (render.Memo)
+
+
+def earlier_renders(outdir: Path) -> Memo:
+    """The template output the last build in `outdir` kept, if the same compiler made it; else none."""
+    from .render import Memo
+
+    try:
+        kept = json.loads((outdir / ".cache" / RENDERS).read_bytes())
+        if kept["compiler"] == compiler_digest() and isinstance(kept["chunks"], dict):
+            return Memo({str(key): [str(c) for c in chunks] for key, chunks in kept["chunks"].items()})
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return Memo()
+
+
+def keep_renders(outdir: Path, memo: Memo) -> None:
+    """Keep this build's template output (only what it used: the file does not grow) for the next one."""
+    entry = outdir / ".cache" / RENDERS
+    entry.parent.mkdir(exist_ok=True)
+    tmp = entry.with_name(f".{RENDERS}.{os.getpid()}")
+    tmp.write_text(json.dumps({"compiler": compiler_digest(), "chunks": memo.now}, sort_keys=True), "utf-8")
+    os.replace(tmp, entry)
 
 
 def point_result(outdir: Path, dirname: str) -> None:

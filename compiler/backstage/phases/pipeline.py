@@ -16,9 +16,9 @@ from .layout import File
 from .load import KeyPath
 
 if TYPE_CHECKING:
-    import networkx as nx
-
+    from . import graph as graph_phase
     from . import model
+    from . import render as render_phase
 
 # The other phases are imported where they are used: a rebuild of unchanged input is answered from
 # the cache, and should cost little more than starting Python (no jsonschema, Jinja2 or networkx).
@@ -37,7 +37,7 @@ class Checked:
     """A production that passed check: the frozen model and its graph."""
 
     production: model.Production
-    graph: nx.DiGraph
+    graph: graph_phase.Graph
     input_hash: str
     inputs: tuple[str, ...] = ()  # files and directories read besides the production file
     stamp: str = ""  # their fingerprint before they were read
@@ -48,7 +48,7 @@ class Compiled:
     """A compiled production: the model, its graph and every file of its artifact."""
 
     production: model.Production
-    graph: nx.DiGraph
+    graph: graph_phase.Graph
     files: dict[str, File]
     name: str  # the artifact's directory name: <production>-<tree hash>
     input_hash: str
@@ -78,19 +78,22 @@ def check_file(path: str | Path, overlay: Overlay | None = None, overlay_label: 
     return check_bytes(load.read(path), str(path), overlay, overlay_label)
 
 
-def compile_checked(checked: Checked, restarts: Mapping[str, int] | None = None) -> Compiled:
+def compile_checked(checked: Checked, restarts: Mapping[str, int] | None = None,
+                    memo: render_phase.Memo | None = None) -> Compiled:
+    """Render and assemble; `memo` holds an earlier build's template output to reuse where the inputs
+    are the same."""
     from . import render
 
     production = checked.production
     if production.fleet is None:
-        rendered = render.render(production, checked.graph, restarts)
+        rendered = render.render(production, checked.graph, restarts, memo)
     else:  # one artifact of each host's own, and the fleet's plan and DNS
         from . import model
 
         rendered = render.fleet(production)
         for host in production.fleet.hosts:
             own = artifact.assemble(production.name, render.render(model.on_host(production, host.name),
-                                                                   checked.graph, restarts), checked.input_hash)
+                                                                   checked.graph, restarts, memo), checked.input_hash)
             inner = f"{contract.HOSTS}/{host.name}/{artifact.name(production.name, own)}"
             rendered.update((f"{inner}/{rel}", file) for rel, file in own.items())
     files = artifact.assemble(production.name, rendered, checked.input_hash)
@@ -126,9 +129,11 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
     if unknown:
         raise UnknownSess(f"{path}: no sess named {', '.join(unknown)} (known: "
                           f"{', '.join(sorted(checked.production.sesses)) or 'none'})")
-    compiled = compile_checked(checked, counts)
+    memo = artifact.earlier_renders(out)
+    compiled = compile_checked(checked, counts, memo)
     written = artifact.write(compiled.files, out, compiled.name)
-    built = artifact.Built(written, compiled.summary, cached=False)
+    artifact.keep_renders(out, memo)
+    built = artifact.Built(written, compiled.summary, cached=False, rendered=memo.rendered, reused=memo.reused)
     # Remembered only if what the build read besides the file (taken before reading) is unchanged now:
     # a source edited during the build is then seen by the next one.
     if sources_fingerprint(list(checked.inputs)) == checked.stamp:

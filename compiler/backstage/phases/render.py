@@ -7,11 +7,10 @@ Every `{{ }}` is escaped for its target and, where a slot has rules of its own, 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-
-import networkx as nx
+from typing import Any
 
 from .. import contract, targets
 from ..targets import entry
@@ -35,6 +34,48 @@ class Vassal:
 # The vassal's name hashes its own text. A unix socket's path holds that name, so the text is hashed
 # with the bind slot holding a placeholder, which is filled afterwards (see targets.Placeholder).
 _BIND = targets.Placeholder("\x00bind\x00")
+
+
+class Memo:
+    """Template output of an earlier build, by a fingerprint of the template and everything it was given:
+    a rebuild renders again only the files whose inputs changed (a one-Gig change: its Venue's server
+    file and the vassals whose environment names the Venue), and reuses the rest as they were, chunk for
+    chunk. The fingerprint is the repr of the values themselves, not where they came from, so a reused
+    text is the text a fresh render would give (the compiler's own version is checked by whoever keeps
+    the memo: artifact.earlier_renders)."""
+
+    def __init__(self, earlier: Mapping[str, list[str]] | None = None) -> None:
+        self.earlier = earlier or {}
+        self.now: dict[str, list[str]] = {}
+        self.reused = 0
+        self.rendered = 0
+
+    def chunks(self, template: Any, context: Mapping[str, object]) -> list[str]:
+        # Every value in a context is a scalar, a container or a frozen model whose repr shows all it holds
+        # (an Act's files by their digest); the compiler's own version is checked with the memo.
+        key = hashlib.sha256(repr((template.name, sorted(context.items()))).encode()).hexdigest()
+        found = self.now.get(key) or self.earlier.get(key)
+        if found is None:
+            found = _runs(template.generate(context))
+            self.rendered += 1
+        else:
+            self.reused += 1
+        self.now[key] = found
+        return found
+
+
+def _runs(chunks: Iterable[str]) -> list[str]:
+    """Jinja2's chunks with each run of plain text joined: only a placeholder's chunk (it holds NUL, which
+    no rendered value can) stays a chunk of its own, as the placeholder is filled chunk by chunk."""
+    runs: list[str] = []
+    text: list[str] = []
+    for chunk in chunks:
+        if "\x00" in chunk:
+            runs += ["".join(text), str(chunk)] if text else [str(chunk)]
+            text = []
+        else:
+            text.append(chunk)
+    return [*runs, "".join(text)] if text else runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +117,17 @@ def _requirements_file(production: Production, stage: Stage) -> bytes:
     return text.encode()
 
 
-def render(production: Production, graph: nx.DiGraph, restarts: Mapping[str, int] | None = None) -> dict[str, File]:
+def render(production: Production, graph: graphs.Graph, restarts: Mapping[str, int] | None = None,
+           memo: Memo | None = None) -> dict[str, File]:
     """Every rendered file of the artifact, keyed by relative path (artifact adds the agent and manifest).
 
     `restarts`: Sess -> how often `apply --restart` started it afresh (written into its vassal file, so
     a new count is a new vassal); a count of 0 writes nothing."""
     files: dict[str, File] = {}
+    memo = memo or Memo()
     hosts = _hosts_by_sess(production)
     stores = _stores(production)
-    vassals = _render_vassals(production, graph, hosts, stores, restarts or {})
+    vassals = _render_vassals(production, graph, hosts, stores, restarts or {}, memo)
     files.update((f"uwsgi/{v.stem}.ini", File(text)) for v, text, _ in vassals.values())
     for name, (_, _, rendered) in vassals.items():
         files[f"{_entry_files(name)}/{entry.ENTRY}"] = File(entry.entry_point())
@@ -94,7 +137,7 @@ def render(production: Production, graph: nx.DiGraph, restarts: Mapping[str, int
     for gig in production.gigs.values():
         booked[gig.venue].append(gig)
     for name, gigs in booked.items():
-        files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, addresses, stores))
+        files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, addresses, stores, memo))
     for venue in production.venues.values():
         if venue.tls and venue.tls.acme:
             files[_challenge_path(venue.name)] = File(targets.template("nginx", "challenge.conf.j2").render(
@@ -153,30 +196,34 @@ class Rendered:
     store: str
 
 
-def _render_vassals(production: Production, graph: nx.DiGraph, hosts: dict[str, list[str]],
-                    stores: Stores, restarts: Mapping[str, int]) -> dict[str, tuple[Vassal, bytes, Rendered]]:
+def _render_vassals(production: Production, graph: graphs.Graph, hosts: dict[str, list[str]],
+                    stores: Stores, restarts: Mapping[str, int],
+                    memo: Memo) -> dict[str, tuple[Vassal, bytes, Rendered]]:
     """Each Sess's vassal, its file and its environment, rendered after the Sesses it needs (their
     addresses are in it)."""
     template = targets.template("uwsgi", "vassal.ini.j2")
     done: dict[str, tuple[Vassal, bytes, Rendered]] = {}
+    vassals: dict[str, Vassal] = {}  # of the Sesses done so far
     for name in graphs.sesses_needed_first(graph):
         if name not in production.sesses:  # another host's (a production on several hosts)
             continue
         sess = production.sesses[name]
         act = production.acts[sess.act]
-        env = _environment(production, sess, hosts.get(name, []), {n: v for n, (v, _, _) in done.items()}, stores)
+        env = _environment(production, sess, hosts.get(name, []), vassals, stores)
         environment_file = entry.environment_file(env, list(act.secrets), f"{act.module}:{act.callable}")
         store = layout.entry_store(name, [(entry.ENTRY, layout.READ_ONLY, entry.entry_point()),
                                           (entry.ENVIRONMENT, layout.READ_ONLY, environment_file)])
         context = _vassal_context(production, sess, stores, layout.store_path(production.state_dir, store))
         # A TCP bind is written (and hashed) as itself, so a changed port is a new vassal.
         bind = layout.tcp_address(sess.port) if sess.port else _BIND
-        chunks = list(template.generate(context, bind=bind, restart=restarts.get(name, 0),
-                                        socket_option="http-socket" if sess.protocol == "http" else "socket"))
+        context |= {"bind": bind, "restart": restarts.get(name, 0),
+                    "socket_option": "http-socket" if sess.protocol == "http" else "socket"}
+        chunks = memo.chunks(template, context)
         vassal = _address(production, sess, hashlib.sha256("".join(chunks).encode()).hexdigest()[: layout.HASH_LENGTH])
         path = targets.escape("uwsgi", vassal.bind)
         text = "".join(path if chunk == _BIND else chunk for chunk in chunks)
         done[name] = (vassal, text.encode(), Rendered(env, list(act.secrets), environment_file, store))
+        vassals[name] = vassal
     return dict(sorted(done.items()))
 
 
@@ -304,7 +351,7 @@ def _uwsgi_params() -> targets.Verbatim:
 
 
 def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vassals: dict[str, Vassal],
-                  stores: Stores) -> bytes:
+                  stores: Stores, memo: Memo) -> bytes:
     locations: list[dict[str, object]] = []
     for gig in gigs:
         sess = production.sesses[gig.sess]
@@ -330,17 +377,17 @@ def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vass
                               "directory": directory, "cache": cached})
     locations.sort(key=lambda loc: str(loc["path"]))
     venue = production.venues[venue_name]
-    text = targets.template("nginx", "venue.conf.j2").render(
-        uwsgi_params=_uwsgi_params(),
-        production=production.name,
-        venue=venue,
-        locations=locations,
-        has_root=any(loc["path"] == "/" for loc in locations),
-        hsts=f"max-age={venue.hsts}" if venue.tls and venue.hsts else "",
-        https_port=layout.listen_port(venue.listen.rpartition(":")[2]) if venue.redirect_http else None,
-        acme_root=_acme_root(production),
-    )
-    return text.encode()
+    context = {
+        "uwsgi_params": _uwsgi_params(),
+        "production": production.name,
+        "venue": venue,
+        "locations": locations,
+        "has_root": any(loc["path"] == "/" for loc in locations),
+        "hsts": f"max-age={venue.hsts}" if venue.tls and venue.hsts else "",
+        "https_port": layout.listen_port(venue.listen.rpartition(":")[2]) if venue.redirect_http else None,
+        "acme_root": _acme_root(production),
+    }
+    return "".join(memo.chunks(targets.template("nginx", "venue.conf.j2"), context)).encode()
 
 
 def plan(production: Production, hosts: dict[str, list[str]], vassals: dict[str, Vassal], stores: Stores,

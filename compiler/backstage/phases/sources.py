@@ -33,6 +33,11 @@ class SourceTree:
 
     files: tuple[tuple[str, int, bytes], ...]
 
+    def __repr__(self) -> str:  # by digest: a render memo keys on reprs, and sources can be large
+        digest = hashlib.sha256(repr([(path, mode, hashlib.sha256(content).hexdigest())
+                                      for path, mode, content in self.files]).encode()).hexdigest()
+        return f"SourceTree(sha256={digest})"
+
 
 @dataclass(frozen=True, slots=True)
 class Gathered:
