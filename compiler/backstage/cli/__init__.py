@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import __version__, contract
 from ..errors import InputError, diagnostics_json
-from . import fleet, handoff
+from . import handoff
 
 # Verbs import the phases they need: `build` of unchanged input must not pay for jsonschema or networkx.
 
@@ -40,7 +40,9 @@ def _build(args: argparse.Namespace) -> int:
 
     built = pipeline.build(args.file, args.output)
     print(built.path)
-    print(f"{'unchanged' if built.cached else 'built'}: {built.summary}", file=sys.stderr)
+    reused = f"; {built.reused} of {built.rendered + built.reused} files as the last build rendered them" \
+        if built.reused else ""
+    print(f"{'unchanged' if built.cached else 'built'}: {built.summary}{reused}", file=sys.stderr)
     return 0
 
 
@@ -92,6 +94,8 @@ PLAN_FORMAT = 1
 
 def _plan(args: argparse.Namespace) -> int:
     """`apply --dry-run`, and with --save a plan file that `apply --plan` holds the host to."""
+    from . import fleet  # only productions on several hosts need Ansible's side
+
     args.dry_run, args.atomic, args.restart, args.keep_ansible, args.plan = True, False, [], False, None
     code = _apply(args)
     if code == 0 and args.save:
@@ -167,6 +171,8 @@ def _saved_plan(path: str, artifact: Path) -> str:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from . import fleet  # only productions on several hosts need Ansible's side
+
     target = Path(args.artifact)
     if target.is_file():  # a production file: build it here first, as `build` would
         target = _build_for_apply(target, args.restart, args.output)
@@ -220,6 +226,8 @@ def _fleet_plan(production: str) -> contract.FleetPlan | None:
 
 
 def _on_fleet(args: argparse.Namespace, verb: str, agent_args: list[str]) -> int | None:
+    from . import fleet  # only productions on several hosts need Ansible's side
+
     plan = _fleet_plan(args.production)
     if plan is None:
         return None
