@@ -5,6 +5,8 @@ from __future__ import annotations
 import networkx as nx
 from backstage.phases import graph, pipeline
 from conftest import EXAMPLES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def jazzclub() -> graph.Graph:
@@ -37,3 +39,21 @@ def test_a_production_without_needs_orders_sesses_by_name_without_networkx() -> 
     assert minimal._nx is None  # nothing asked for the networkx graph
     assert isinstance(minimal.as_networkx(), nx.DiGraph)
     assert set(minimal.as_networkx().nodes) == set(minimal.nodes)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 12).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=3 * n))))
+def test_the_order_and_the_cycles_are_networkx_s(drawn: tuple[int, list[tuple[int, int]]]) -> None:
+    """graphlib (the build's path) orders Sesses and finds cycles exactly as networkx does."""
+    count, edges = drawn
+    g = graph.Graph(nodes=[("sess", f"s{i}") for i in range(count)],
+                    edges=[(("sess", f"s{a}"), ("sess", f"s{b}"), "needs") for a, b in sorted(set(edges))])
+    needs = nx.DiGraph()
+    needs.add_nodes_from(f"s{i}" for i in range(count))
+    needs.add_edges_from((f"s{a}", f"s{b}") for a, b in edges)
+    cycles = graph.needs_cycles(g)
+    assert bool(cycles) == (not nx.is_directed_acyclic_graph(needs))
+    if not cycles:
+        assert graph.sesses_needed_first(g) == list(
+            nx.lexicographical_topological_sort(needs.reverse(copy=True), key=str))

@@ -10,6 +10,8 @@ a reference to nothing, or an entry that is not a table, adds no edge (check rep
 
 from __future__ import annotations
 
+import graphlib
+import heapq
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -80,10 +82,24 @@ def _needs(graph: Graph) -> nx.DiGraph:
     return needs
 
 
+def _sorter(graph: Graph) -> graphlib.TopologicalSorter[str]:
+    """The standard library's sorter over Sess names, each before the Sesses that need it."""
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for kind, name in graph.nodes:
+        if kind == "sess":
+            sorter.add(name)
+    for needing, needed in graph.needs():
+        sorter.add(needing, needed)
+    return sorter
+
+
 def needs_cycles(graph: Graph) -> list[list[str]]:
     """Every `needs` cycle, once per strongly connected component, starting at its smallest name."""
-    if not graph.needs():
-        return []
+    try:
+        _sorter(graph).prepare()
+        return []  # graphlib found none; networkx names them when there are
+    except graphlib.CycleError:
+        pass
     import networkx as nx
 
     needs = _needs(graph)
@@ -97,12 +113,20 @@ def needs_cycles(graph: Graph) -> list[list[str]]:
 
 
 def sesses_needed_first(graph: Graph) -> list[str]:
-    """Sess names ordered so that every Sess comes after the Sesses it needs; ties by name."""
-    if not graph.needs():  # no order to keep but the names'
-        return sorted(name for kind, name in graph.nodes if kind == "sess")
-    import networkx as nx
-
-    return list(nx.lexicographical_topological_sort(_needs(graph).reverse(copy=False), key=str))
+    """Sess names ordered so that every Sess comes after the Sesses it needs; ties by name (graphlib's
+    ready set taken smallest name first). The graph has no cycle: check refused those."""
+    sorter = _sorter(graph)
+    sorter.prepare()
+    ready = list(sorter.get_ready())
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(name)
+        sorter.done(name)
+        for now in sorter.get_ready():
+            heapq.heappush(ready, now)
+    return order
 
 
 def dependencies(graph: Graph, gig: str) -> list[Node]:
