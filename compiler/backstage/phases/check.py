@@ -75,12 +75,20 @@ def check(normalised: Normalised, graph: graphs.Graph) -> None:
     source = normalised.loaded.source
     data = normalised.data
     refuse_oversized(normalised.loaded)
-    found = list(_control_characters(data, (), source))
+    found = list(_control_characters(data, (), source)) if _may_hold_controls(source) else []
     flagged = {d.path for d in found}
     found += [d for d in _schema_errors(data, source) if d.path not in flagged]
     found += _Rules(normalised, graph).run()
     if found:
         raise InputError(found)
+
+
+def _may_hold_controls(source: Source) -> bool:
+    """Whether a string or key of the data can hold a control character: only through an escape, a raw
+    tab, a multi-line string, non-ASCII text or a value an overlay set. Else the walk is skipped."""
+    text = source.text
+    return (source.injected or not text.isascii() or "\\" in text or "\t" in text or '"""' in text
+            or "'''" in text)
 
 
 def refuse_oversized(loaded: Loaded) -> None:

@@ -32,6 +32,11 @@ class Source:
     def inject(self, paths: tuple[KeyPath, ...], by: str) -> None:
         self._injected, self._injected_by = paths, by
 
+    @property
+    def injected(self) -> bool:
+        """Whether an overlay set values the text does not hold."""
+        return bool(self._injected)
+
     def locate(self, path: KeyPath) -> tuple[int, int]:
         """Line and column of the deepest key on `path` that the file spells out."""
         if self._scanner is None:
