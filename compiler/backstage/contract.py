@@ -219,18 +219,20 @@ def plain(value: Any) -> Any:
 
 _SCALARS = frozenset({str, int, bool, float, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SORTED = json.JSONEncoder(sort_keys=True)  # one encoder for every line: json.dumps makes one per call
 
 
 def _lines_json(data: dict[str, Any]) -> bytes:
     """JSON with each top-level key, and each item of a top-level list, on a line of its own: readable in
     a diff, and written by json's C encoder."""
+    encode = _SORTED.encode
     lines = []
     for key, value in sorted(data.items()):
         if isinstance(value, list) and value:
-            items = ",\n".join(f"    {json.dumps(item, sort_keys=True)}" for item in value)
-            lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+            items = ",\n".join(f"    {encode(item)}" for item in value)
+            lines.append(f"  {encode(key)}: [\n{items}\n  ]")
         else:
-            lines.append(f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
+            lines.append(f"  {encode(key)}: {encode(value)}")
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 

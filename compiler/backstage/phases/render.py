@@ -6,8 +6,9 @@ Every `{{ }}` is escaped for its target and, where a slot has rules of its own, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -62,6 +63,19 @@ class Memo:
             self.reused += 1
         self.now[key] = found
         return found
+
+
+def _memo_value(memo: Memo, kind: str, inputs: object, make: Callable[[], str]) -> str:
+    """`make()`, or what it gave an earlier build for the same inputs (their repr)."""
+    key = hashlib.sha256(repr((kind, inputs)).encode()).hexdigest()
+    found = memo.now.get(key) or memo.earlier.get(key)
+    value = found[0] if found else make()
+    memo.now[key] = [value]
+    return value
+
+
+def _environment_text(env: Environment, secrets: list[tuple[str, str]], app: str) -> str:
+    return entry.environment_file(env, secrets, app).decode("ascii")
 
 
 def _runs(chunks: Iterable[str]) -> list[str]:
@@ -210,7 +224,9 @@ def _render_vassals(production: Production, graph: graphs.Graph, hosts: dict[str
         sess = production.sesses[name]
         act = production.acts[sess.act]
         env = _environment(production, sess, hosts.get(name, []), vassals, stores)
-        environment_file = entry.environment_file(env, list(act.secrets), f"{act.module}:{act.callable}")
+        app, secrets = f"{act.module}:{act.callable}", list(act.secrets)
+        environment_file = _memo_value(memo, "environment.json", (env, secrets, app), functools.partial(
+            _environment_text, env, secrets, app)).encode("ascii")
         store = layout.entry_store(name, [(entry.ENTRY, layout.READ_ONLY, entry.entry_point()),
                                           (entry.ENVIRONMENT, layout.READ_ONLY, environment_file)])
         context = _vassal_context(production, sess, stores, layout.store_path(production.state_dir, store))
