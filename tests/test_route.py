@@ -490,3 +490,11 @@ sess = "blog"
     assert [(a["venue"], a["name_match"]) for a in there["answers"]] == [("www", "default")]
     wrong = run_cli("route", "http://example.org/", str(production), "--host", "web3")
     assert wrong.code == 2 and "no such host (hosts: web1, web2)" in wrong.err
+
+
+def test_an_ipv6_connection_meets_no_ipv4_wildcard() -> None:
+    production = EXAMPLES / "jazzclub" / "production.toml"
+    document = json.loads(run_cli("route", "http://[::1]/x", str(production), "--json").out)
+    assert [(a["outcome"], a["connect"]) for a in document["answers"]] == [("refused", "[::1]:80")]
+    bad = run_cli("route", "http://example.com/", str(production), "--address", "nope")
+    assert bad.code == 2 and "give an IP address" in bad.err

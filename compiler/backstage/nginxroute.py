@@ -462,6 +462,10 @@ class Answer:
     reason: str = ""
 
 
+def join(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def host_name(header: str) -> str:
     """nginx's $host from a Host header: lower-cased, port and trailing dot dropped."""
     name = header.lower()
@@ -472,7 +476,7 @@ def host_name(header: str) -> str:
 def servers_on(servers: Sequence[Server], address: str, port: int) -> list[Server]:
     """The servers a connection to address:port meets: those on that exact socket, else on 0.0.0.0."""
     exact = [s for s in servers if any(one.port == port and one.address == address for one in s.listens)]
-    if exact:
+    if exact or ":" in address:  # 0.0.0.0 is IPv4's wildcard: an IPv6 connection meets none of it
         return exact
     return [s for s in servers if any(one.port == port and one.address == "0.0.0.0" for one in s.listens)]
 
@@ -480,7 +484,7 @@ def servers_on(servers: Sequence[Server], address: str, port: int) -> list[Serve
 def route(servers: Sequence[Server], request: Request) -> Answer:
     group = servers_on(servers, request.address, request.port)
     if not group:
-        return Answer("refused", reason=f"nothing listens on {request.address}:{request.port}")
+        return Answer("refused", reason=f"nothing listens on {join(request.address, request.port)}")
     socket = next(one.socket for one in group[0].listens if one.port == request.port
                   and one.address in (request.address, "0.0.0.0"))
     ssl = any(one.ssl for s in group for one in s.listens if one.port == request.port)

@@ -8,6 +8,7 @@ theirs that comes first, or says `default_server`, would be the default instead.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import urllib.parse
@@ -65,15 +66,24 @@ def request(url: str, address: str | None, default_address: str) -> Request:
     except ValueError:
         raise RouteError(f"{url!r}: the port is not a number from 1 to 65535") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query or url.endswith("?") else "")
-    literal = _ipv4(parts.hostname)
+    literal = parts.hostname if _ip(parts.hostname) else ""
     connect = address or literal or default_address or LOOPBACK
-    if not _ipv4(connect):
-        raise RouteError(f"--address {connect!r}: give an IPv4 address")
+    if not _ip(connect):
+        raise RouteError(f"--address {connect!r}: give an IP address")
     return Request(parts.scheme, parts.netloc.rpartition("@")[2], connect, port, target)
 
 
 def _ipv4(text: str) -> str:
     return text if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", text) else ""
+
+
+def _ip(text: str) -> bool:
+    """An IPv4 or IPv6 address (the servers backstage writes listen on IPv4 only: IPv6 finds none)."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def gig_of(location: Location | None) -> tuple[str, str]:
@@ -94,7 +104,7 @@ def answer_json(host: Host, req: Request, answer: Answer) -> dict[str, Any]:
     server = answer.server
     return {
         "host": host.name or None,
-        "connect": f"{req.address}:{req.port}",
+        "connect": nginxroute.join(req.address, req.port),
         "socket": answer.socket or None,
         "venue": server.label.removeprefix("venue ") if server else None,
         "server": f"{server.file}:{server.line}" if server else None,
@@ -123,8 +133,9 @@ def answer_text(host: Host, req: Request, answer: Answer) -> list[str]:
     lines = []
     if host.name:
         lines.append(f"host       {host.name}" + (f" ({host.address})" if host.address else ""))
-    lines.append(f"connect    {req.address}:{req.port}" + (f" (server on {answer.socket})" if answer.socket
-                                                           and answer.socket != f"{req.address}:{req.port}" else ""))
+    connect = nginxroute.join(req.address, req.port)
+    lines.append(f"connect    {connect}" + (f" (server on {answer.socket})" if answer.socket
+                                             and answer.socket != connect else ""))
     server = answer.server
     if server is not None:
         which = (f"server_name {nginxroute.host_name(req.host)}" if answer.name_match == "exact" else
