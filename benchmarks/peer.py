@@ -81,7 +81,7 @@ def escaped(value: Any, finalize: Callable[[Any], str]) -> Any:
     if isinstance(value, dict):
         return {k: escaped(v, finalize) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        if finalize is targets.nginx.token and all(isinstance(v, str) for v in value):
+        if finalize is targets.nginx.token and value and all(isinstance(v, str) for v in value):
             return str(targets.nginx.server_names(value))  # the one list nginx prints: server_name's
         return [escaped(v, finalize) for v in value]
     return finalize(value)
