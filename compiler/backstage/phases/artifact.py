@@ -102,7 +102,7 @@ def keep_renders(outdir: Path, memo: Memo) -> None:
     entry = outdir / ".cache" / RENDERS
     entry.parent.mkdir(exist_ok=True)
     tmp = entry.with_name(f".{RENDERS}.{os.getpid()}")
-    tmp.write_text(json.dumps({"compiler": compiler_digest(), "chunks": memo.now}, sort_keys=True), "utf-8")
+    tmp.write_text(json.dumps({"compiler": compiler_digest(), "chunks": memo.now}, separators=(",", ":")), "utf-8")
     os.replace(tmp, entry)
 
 

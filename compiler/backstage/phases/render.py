@@ -6,6 +6,7 @@ Every `{{ }}` is escaped for its target and, where a slot has rules of its own, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
@@ -50,11 +51,21 @@ class Memo:
         self.now: dict[str, list[str]] = {}
         self.reused = 0
         self.rendered = 0
+        self._reprs: dict[int, tuple[object, str]] = {}  # id -> (the model, its repr): one Stage serves many
+
+    def _repr(self, value: object) -> str:
+        if not dataclasses.is_dataclass(value):
+            return repr(value)
+        kept = self._reprs.get(id(value))
+        if kept is None or kept[0] is not value:
+            kept = self._reprs[id(value)] = (value, repr(value))
+        return kept[1]
 
     def chunks(self, template: Any, context: Mapping[str, object]) -> list[str]:
         # Every value in a context is a scalar, a container or a frozen model whose repr shows all it holds
         # (an Act's files by their digest); the compiler's own version is checked with the memo.
-        key = hashlib.sha256(repr((template.name, sorted(context.items()))).encode()).hexdigest()
+        key = hashlib.sha256(repr((template.name, [(name, self._repr(value)) for name, value in
+                                                    sorted(context.items())])).encode()).hexdigest()
         found = self.now.get(key) or self.earlier.get(key)
         if found is None:
             found = _runs(template.generate(context))

@@ -36,4 +36,5 @@ def environment_file(env: list[tuple[str, str]], secrets: list[tuple[str, str]],
     document = {"app": app, "env": dict(env), "secrets": dict(secrets)}
     if len(document["env"]) + len(document["secrets"]) != len(env) + len(secrets):
         raise UnsafeValue("environment: a variable is given twice")
-    return (json.dumps(document, ensure_ascii=True, sort_keys=True, indent=1) + "\n").encode("ascii")
+    # One line, by json's C encoder (indent= would take the pure-Python one: 5,000 Sesses, 0.2 s).
+    return (json.dumps(document, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
