@@ -137,7 +137,7 @@ def main() -> int:
     for rel, context in vassal_contexts(data):
         if rel.endswith(".json"):  # a Sess's environment, as JSON: what backstage writes beside its vassal
             (out / rel).parent.mkdir(parents=True)
-            (out / rel).write_text(json.dumps(context, ensure_ascii=True, sort_keys=True, indent=1) + "\n")
+            (out / rel).write_text(json.dumps(context, ensure_ascii=True, sort_keys=True) + "\n")
             continue
         (out / rel).write_text(vassal.render(context), "utf-8")
     nginx = environment("nginx")
