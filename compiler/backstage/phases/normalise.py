@@ -56,23 +56,54 @@ def normalise(loaded: Loaded) -> Normalised:
 def _schema_defaults(node: Any, rule: dict[str, Any], path: KeyPath) -> Iterator[KeyPath]:
     if not isinstance(node, dict):
         return
-    properties: dict[str, Any] = rule.get("properties", {})
-    for key, sub in properties.items():
-        if key not in node and "default" in sub:
-            node[key] = copy.deepcopy(sub["default"])
-            yield (*path, key)
-        elif key not in node and key not in rule.get("required", ()) and _has_defaults(sub) and not sub.get("required"):
-            node[key] = {}  # an optional table left out, such as [host]: its keys' defaults apply (not
-            # [host.acme], which exists only when given)
-            yield (*path, key)
+    steps, entries = _steps(rule)
+    for key, sub, default, optional_table, descend in steps:
+        if key not in node:
+            if default is not _NONE:
+                node[key] = copy.deepcopy(default) if isinstance(default, list | dict) else default
+                yield (*path, key)
+            elif optional_table:
+                node[key] = {}  # an optional table left out, such as [host]: its keys' defaults apply (not
+                # [host.acme], which exists only when given)
+                yield (*path, key)
+                yield from _schema_defaults(node[key], sub, (*path, key))
+        elif descend:
             yield from _schema_defaults(node[key], sub, (*path, key))
-        elif key in node:
-            yield from _schema_defaults(node[key], sub, (*path, key))
-    entries = rule.get("additionalProperties")
-    if isinstance(entries, dict) and entries.get("type") == "object":
+    if entries is not None:
+        properties = rule.get("properties", {})
         for key, value in node.items():
             if key not in properties:
                 yield from _schema_defaults(value, entries, (*path, key))
+
+
+_NONE = object()
+Step = tuple[str, dict[str, Any], Any, bool, bool]
+_STEPS: dict[int, tuple[dict[str, Any], tuple[Step, ...], dict[str, Any] | None]] = {}
+
+
+def _steps(rule: dict[str, Any]) -> tuple[tuple[Step, ...], dict[str, Any] | None]:
+    """What the walk does at each key of a rule, worked out once per rule of the (cached) schema:
+    (key, its rule, its default, whether it is an optional table with defaults, whether to go in)."""
+    kept = _STEPS.get(id(rule))
+    if kept is None or kept[0] is not rule:
+        steps = []
+        for key, sub in rule.get("properties", {}).items():
+            optional_table = (key not in rule.get("required", ()) and _has_defaults(sub)
+                              and not sub.get("required"))
+            steps.append((key, sub, sub.get("default", _NONE), optional_table, _goes_deeper(sub)))
+        entries = rule.get("additionalProperties")
+        object_entries = entries if isinstance(entries, dict) and entries.get("type") == "object" else None
+        kept = _STEPS[id(rule)] = (rule, tuple(steps), object_entries)
+    return kept[1], kept[2]
+
+
+def _goes_deeper(rule: dict[str, Any]) -> bool:
+    """Whether anything below this rule has a default to fill."""
+    if _has_defaults(rule):
+        return True
+    entries = rule.get("additionalProperties")
+    return (any(_goes_deeper(sub) for sub in rule.get("properties", {}).values() if isinstance(sub, dict))
+            or (isinstance(entries, dict) and entries.get("type") == "object" and _goes_deeper(entries)))
 
 
 def _deploy_check(data: Data) -> Iterator[KeyPath]:

@@ -6,10 +6,10 @@ Every `{{ }}` is escaped for its target and, where a slot has rules of its own, 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -54,7 +54,7 @@ class Memo:
         self._reprs: dict[int, tuple[object, str]] = {}  # id -> (the model, its repr): one Stage serves many
 
     def _repr(self, value: object) -> str:
-        if not dataclasses.is_dataclass(value):
+        if type(value) in _PLAIN:
             return repr(value)
         kept = self._reprs.get(id(value))
         if kept is None or kept[0] is not value:
@@ -68,12 +68,15 @@ class Memo:
                                                     sorted(context.items())])).encode()).hexdigest()
         found = self.now.get(key) or self.earlier.get(key)
         if found is None:
-            found = _runs(template.generate(context))
+            found = _runs(template.render(context))
             self.rendered += 1
         else:
             self.reused += 1
         self.now[key] = found
         return found
+
+
+_PLAIN = frozenset({str, int, bool, float, type(None), list, tuple, dict, targets.Verbatim, targets.Placeholder})
 
 
 def _memo_value(memo: Memo, kind: str, inputs: object, make: Callable[[], str]) -> str:
@@ -89,18 +92,16 @@ def _environment_text(env: Environment, secrets: list[tuple[str, str]], app: str
     return entry.environment_file(env, secrets, app).decode("ascii")
 
 
-def _runs(chunks: Iterable[str]) -> list[str]:
-    """Jinja2's chunks with each run of plain text joined: only a placeholder's chunk (it holds NUL, which
-    no rendered value can) stays a chunk of its own, as the placeholder is filled chunk by chunk."""
-    runs: list[str] = []
-    text: list[str] = []
-    for chunk in chunks:
-        if "\x00" in chunk:
-            runs += ["".join(text), str(chunk)] if text else [str(chunk)]
-            text = []
-        else:
-            text.append(chunk)
-    return [*runs, "".join(text)] if text else runs
+def _runs(text: str) -> list[str]:
+    """The text, split so that each placeholder's marker is a chunk of its own, as the placeholder is filled
+    chunk by chunk. A marker holds NUL, which neither template text nor any escaped value can hold
+    (every target refuses control characters), so the NULs found are the markers' own."""
+    if "\x00" not in text:
+        return [text]
+    return [part for part in _MARKER.split(text) if part]
+
+
+_MARKER = re.compile("(\x00[^\x00]*\x00)")
 
 
 @dataclass(frozen=True, slots=True)
