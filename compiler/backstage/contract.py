@@ -18,8 +18,9 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -205,20 +206,34 @@ def plain(value: Any) -> Any:
     kind = type(value)
     if kind in _SCALARS:
         return value
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
+    fields_of = _FIELDS_OF.get(kind)
+    if fields_of is None:
         if kind is list or kind is tuple:
             return [plain(item) for item in value]
         if kind is dict:
             return {key: plain(item) for key, item in value.items()}
         if not is_dataclass(value):
             return value
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
-    return {name: plain(getattr(value, name)) for name in names}
+        names = tuple(f.name for f in fields(value))
+        fields_of = _FIELDS_OF[kind] = (names, _getter(names))
+    names, get = fields_of
+    return {name: item if type(item) in _SCALARS else plain(item)
+            for name, item in zip(names, get(value), strict=True)}
 
 
+_FIELDS_OF: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """All the fields at once (attrgetter gives a bare value, not a tuple, for one name)."""
+    if len(names) != 1:
+        return attrgetter(*names)
+    name = names[0]
+
+    def one(value: Any) -> tuple[Any, ...]:
+        return (getattr(value, name),)
+    return one
 _SCALARS = frozenset({str, int, bool, float, type(None)})
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _SORTED = json.JSONEncoder(sort_keys=True)  # one encoder for every line: json.dumps makes one per call
 
 
