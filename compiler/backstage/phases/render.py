@@ -54,8 +54,6 @@ class Memo:
         self._reprs: dict[int, tuple[object, str]] = {}  # id -> (the model, its repr): one Stage serves many
 
     def _repr(self, value: object) -> str:
-        if type(value) in _PLAIN:
-            return repr(value)
         kept = self._reprs.get(id(value))
         if kept is None or kept[0] is not value:
             kept = self._reprs[id(value)] = (value, repr(value))
@@ -64,8 +62,9 @@ class Memo:
     def chunks(self, template: Any, context: Mapping[str, object]) -> list[str]:
         # Every value in a context is a scalar, a container or a frozen model whose repr shows all it holds
         # (an Act's files by their digest); the compiler's own version is checked with the memo.
-        key = hashlib.sha256(repr((template.name, [(name, self._repr(value)) for name, value in
-                                                    sorted(context.items())])).encode()).hexdigest()
+        items = [(name, value if type(value) in _PLAIN else self._repr(value)) for name, value in
+                 sorted(context.items())]  # a model by its (cached) repr, the rest in one repr call below
+        key = hashlib.sha256(repr((template.name, items)).encode()).hexdigest()
         found = self.now.get(key) or self.earlier.get(key)
         if found is None:
             found = _runs(template.render(context))
