@@ -1,0 +1,86 @@
+"""Time each phase of one build, in one process: where a build of N generated gigs spends its time.
+
+    python benchmarks/phases.py 10000 /dev/shm/phases     # a full build, then a one-Gig rebuild
+
+It writes the generated production and both builds under the given directory (removed first), runs
+each build in a process of its own, and prints one line per phase for each; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import generate
+from run import one_gig_moved
+
+
+def build(raw: bytes, out: Path) -> None:
+    clock = time.perf_counter
+    started = clock()
+    from backstage.phases import artifact, check, graph, load, model, normalise, render, sources
+    steps = [("imports", clock() - started)]
+
+    def step(name: str, began: float) -> None:
+        steps.append((name, clock() - began))
+
+    began = clock()
+    loaded = load.load_bytes(raw, "production.toml")
+    step("load", began)
+    began = clock()
+    normalised = normalise.normalise(loaded)
+    step("normalise", began)
+    began = clock()
+    production_graph = graph.build(normalised.data)
+    step("graph", began)
+    began = clock()
+    check.check(normalised, production_graph)
+    step("check", began)
+    began = clock()
+    production = model.build(normalised.data, sources.gather(normalised.data, loaded.source))
+    step("model", began)
+    began = clock()
+    memo = artifact.earlier_renders(out)
+    step("memo load", began)
+    began = clock()
+    files = render.render(production, production_graph, None, memo)
+    step(f"render ({memo.rendered} rendered, {memo.reused} reused)", began)
+    began = clock()
+    tree = artifact.assemble(production.name, files, loaded.input_hash)
+    name = artifact.name(production.name, tree)
+    step("assemble", began)
+    began = clock()
+    artifact.write(tree, out, name)
+    step("write", began)
+    began = clock()
+    artifact.keep_renders(out, memo)
+    step("memo save", began)
+    for label, seconds in steps:
+        print(f"  {label:<40} {seconds:7.3f}")
+    print(f"  {'total':<40} {sum(s for _, s in steps):7.3f}")
+
+
+def main() -> int:
+    if sys.argv[1] == "--one":  # one build, in a process of its own (imports and templates cold)
+        build(Path(sys.argv[2]).read_bytes(), Path(sys.argv[3]))
+        return 0
+    n, where = int(sys.argv[1]), Path(sys.argv[2])
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
+    text = generate.to_toml(generate.generate(n))
+    full, edited = where / "production.toml", where / "production-gig.toml"
+    full.write_text(text, "utf-8")
+    edited.write_text(one_gig_moved(text, 0), "utf-8")
+    for label, source in ((f"full build, N={n:,}", full), ("one-Gig rebuild, same OUT", edited)):
+        print(label, flush=True)
+        subprocess.run([sys.executable, __file__, "--one", str(source), str(where / "out")], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
