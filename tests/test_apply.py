@@ -241,6 +241,15 @@ def test_plan_is_the_dry_run_and_a_saved_plan_refuses_a_changed_host(stage: Depl
     planned = run_cli("plan", str(artifacts[2]), "--save", str(saved))
     assert planned.code == 0, planned.err
     assert planned.out == run_cli("apply", str(artifacts[2]), "--dry-run").out  # the same output
+    document = json.loads(run_cli("plan", str(artifacts[2]), "--json").out)
+    assert document["format"] == 1 and document["artifact"] == artifacts[2].name
+    assert document["live"] == artifacts[1].name and document["nginx"] == "test and reload"
+    words = planned.out.splitlines()
+    for verb in ("start", "keep", "stop"):  # the same vassals, with the same reasons, as the words say
+        assert [f"{verb:5} vassal {v['file']}" + (f" ({v['why']})" if v["why"] else "")
+                for v in document["vassals"][verb]] == [w for w in words if w.startswith(f"{verb:5} vassal ")]
+    assert document["vassals"]["start"] and all(v["why"] for v in document["vassals"]["start"])
+    assert run_cli("apply", str(artifacts[2]), "--json").code == 2  # a plan only: with --dry-run
     stage.at(2)  # the host changes after the plan was made
     stage.at(1)
     code, out, err = apply(artifacts[2], "--plan", str(saved))  # gen 1 is live again: the plan still holds

@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     apply = verbs.add_parser("apply", help="make this artifact live")
     apply.add_argument("--expect-live", metavar="GENERATION",
                        help="refuse unless this generation ('' for none) is live (a saved plan's)")
+    apply.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON document")
     rollback = verbs.add_parser("rollback", help="switch back to an earlier generation")
     rollback.add_argument("--to", help="a kept generation's name or hash prefix (default: the previous one)")
     defaults = Timeouts()
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     artifact: Path = args.artifact.resolve()
     if args.verb == "apply":
-        return switch(artifact, timeouts(args), dry_run=args.dry_run, force=args.force, expect_live=args.expect_live)
+        return switch(artifact, timeouts(args), dry_run=args.dry_run, force=args.force, expect_live=args.expect_live,
+                      as_json=args.json and args.dry_run)
     state = State(read_plan(artifact))
     if args.verb == "rollback":
         chosen = timeouts(args)

@@ -13,12 +13,14 @@ completes whatever arrives. kill -9 at any point leaves links from which the nex
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..contract import ContractError, Plan, Timeouts, VassalPlan, read_plan, verify
 from ..files import link, remove_tree, unlink
@@ -341,7 +343,7 @@ def describe(exc: BaseException) -> str:
 # -------------------------------------------------------------------------------------- the switch
 
 def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bool = False,
-           force: bool = False, expect_live: str | None = None) -> int:
+           force: bool = False, expect_live: str | None = None, as_json: bool = False) -> int:
     """Make `artifact` live; returns the exit code. Refused (or ContractError) means nothing changed.
 
     `locked`: the caller already holds the production's lock (a rollback chooses its target under it).
@@ -357,7 +359,7 @@ def switch(artifact: Path, timeouts: Timeouts, dry_run: bool = False, locked: bo
         raise Refused(str(exc)) from None
     crash_point("verified")
     if dry_run:
-        return dry_run_switch(state, artifact, force)
+        return dry_run_switch(state, artifact, force, as_json)
     if locked:
         return locked_switch(state, artifact, timeouts, force, expect_live)
     with state.lock(timeouts.lock_wait):
@@ -384,24 +386,44 @@ def refuse_unstartable(state: State, steps: Steps) -> None:
         raise Refused("; ".join(taken) + ". Free the port or give the Sess another `port`; nothing was changed.")
 
 
-def dry_run_switch(state: State, artifact: Path, force: bool) -> int:
+def dry_run_switch(state: State, artifact: Path, force: bool, as_json: bool = False) -> int:
+    """Print what applying the artifact would do now, in lines or (`as_json`) as one JSON document."""
     steps = plan_steps(state)
     refuse_unstartable(state, steps)
     zone_changes = dns.prepare(state, artifact, force)
-    if not os.path.lexists(state.root):
-        out(f"state_dir {state.root} does not exist yet: apply would create it")
-    out(f"live  {state.current_name() or 'nothing'}")
     root = Path(state.plan.store_dir)
-    for name in sorted(state.plan.store_paths()):
-        if not store.complete(root / name):
-            out(f"build store path {name}")
-    for cert in acme.missing(state.plan):
-        ca = state.plan.acme.directory if state.plan.acme else "?"
-        out(f"get   the certificate of venue {cert.venue} ({', '.join(cert.names)}) from {ca}")
-    for step in state.plan.steps:
-        if step.kind != "collectstatic" or not store.complete(root / step.static):
-            out(f"run   {step.kind} of act {step.act}: {' '.join(step.argv)}")
     reasons = start_reasons(state, artifact, steps)
+    ca = state.plan.acme.directory if state.plan.acme else ""
+    found: dict[str, Any] = {
+        "format": 1,
+        "artifact": artifact.name,
+        "state_dir": str(state.root),
+        "state_dir_exists": os.path.lexists(state.root),
+        "live": state.current_name() or None,
+        "build": [name for name in sorted(state.plan.store_paths()) if not store.complete(root / name)],
+        "certificates": [{"venue": cert.venue, "names": list(cert.names), "ca": ca}
+                         for cert in acme.missing(state.plan)],
+        "steps": [{"kind": step.kind, "act": step.act, "argv": list(step.argv)} for step in state.plan.steps
+                  if step.kind != "collectstatic" or not store.complete(root / step.static)],
+        "vassals": {verb: [{"file": name, "why": reasons.get(name)} for name in names]
+                    for verb, names in steps.by_verb()},
+        "nginx": "test and reload",
+        "dns": [{"zone": zone_change.zone, "verb": change.verb, "name": change.rrset.name,
+                 "type": change.rrset.type, "ttl": change.rrset.ttl, "records": list(change.rrset.records)}
+                for zone_change in zone_changes for change in zone_change.changes],
+    }
+    if as_json:
+        out(json.dumps(found, indent=1, sort_keys=True))
+        return 0
+    if not found["state_dir_exists"]:
+        out(f"state_dir {state.root} does not exist yet: apply would create it")
+    out(f"live  {found['live'] or 'nothing'}")
+    for name in found["build"]:
+        out(f"build store path {name}")
+    for cert in found["certificates"]:
+        out(f"get   the certificate of venue {cert['venue']} ({', '.join(cert['names'])}) from {cert['ca'] or '?'}")
+    for step in found["steps"]:
+        out(f"run   {step['kind']} of act {step['act']}: {' '.join(step['argv'])}")
     for verb, names in steps.by_verb():
         for name in names:
             out(f"{verb:5} vassal {name}" + (f" ({reasons[name]})" if name in reasons else ""))

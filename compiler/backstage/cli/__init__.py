@@ -183,6 +183,9 @@ def _apply(args: argparse.Namespace) -> int:
         target = target / "result"
     target = target.resolve()
     if fleet.is_fleet(target):
+        if getattr(args, "json", False):
+            raise UsageError("--json: the plan of a production on several hosts is printed host by host, in "
+                             "words only")
         try:
             return fleet.apply(target, _timeouts(args), dry_run=args.dry_run, atomic=args.atomic, force=args.force,
                                keep=args.keep_ansible)
@@ -191,6 +194,10 @@ def _apply(args: argparse.Namespace) -> int:
     if args.atomic:
         raise UsageError("--atomic applies to a production on several hosts ([hosts])")
     extra = (["--dry-run"] if args.dry_run else []) + (["--force"] if args.force else [])
+    if getattr(args, "json", False):
+        if not args.dry_run:
+            raise UsageError("--json prints a plan: give it with --dry-run (or use `backstage plan --json`)")
+        extra.append("--json")
     if args.plan:
         extra.append(f"--expect-live={_saved_plan(args.plan, target)}")
     with handoff.staged(target, args.dry_run) as copy:
@@ -335,6 +342,7 @@ def parser() -> argparse.ArgumentParser:
                      help="with [hosts]: keep the generated inventory and playbooks (their directory is printed)")
     sub.add_argument("--plan", metavar="FILE",
                      help="a plan saved by `backstage plan --save`: refuse if what the host runs changed since")
+    sub.add_argument("--json", action="store_true", help='with --dry-run: the plan as JSON ("format": 1)')
     switch_options(sub)
     sub = verb("plan", _plan, "Say what applying an artifact would do on this host now; change nothing.")
     sub.add_argument("artifact", help="an artifact directory, a build directory holding `result`, or a "
@@ -342,6 +350,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
                      help=f"where a production file is built (default: ./{DEFAULT_OUTPUT})")
     sub.add_argument("--save", metavar="FILE", help="also save the plan, for `apply --plan FILE`")
+    sub.add_argument("--json", action="store_true", help='the plan as one JSON document ("format": 1)')
     sub.add_argument("--force", action="store_true", help="plan a DNS change over the 30%% guard")
     for name in contract.Timeouts.HELP:  # the agent's dry run takes them; a plan waits for nothing
         sub.add_argument(contract.flag(name), dest=name, type=float, default=getattr(contract.Timeouts(), name),
