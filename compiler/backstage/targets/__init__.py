@@ -34,22 +34,10 @@ _TARGETS: dict[str, tuple[Callable[[Any], str], dict[str, Any]]] = {
 
 
 @cache
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """Jinja2's own cache of compiled templates (keyed by each template's source), so a build does not
-    compile them again: in its default directory, a private one under the temporary directory that
-    Jinja2 creates 0700 and refuses if another user owns it or can write it. None if it cannot."""
-    try:
-        return jinja2.FileSystemBytecodeCache()
-    except (OSError, RuntimeError):
-        return None
-
-
-@cache
 def environment(target: str) -> jinja2.Environment:
     finalize, filters = _TARGETS[target]
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("backstage.targets", "templates"),
-        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         finalize=finalize,
         autoescape=False,
