@@ -22,6 +22,13 @@ def link(target: Path, at: Path) -> None:
     os.replace(tmp, at)
 
 
+def write_all(fd: int, content: bytes) -> None:
+    """Write every byte to `fd` (os.write may write fewer than it is given)."""
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_file(path: Path, content: bytes, mode: int) -> None:
     """Replace the small file `path` atomically with `content`: written to a temporary beside it (never
     through a link), synced, then renamed over it, so a reader sees the old or the new file, never half."""
@@ -29,9 +36,7 @@ def write_file(path: Path, content: bytes, mode: int) -> None:
     unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, content)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -72,9 +77,7 @@ def write_tree(base: Path, entries: Iterable[tuple[str, int, bytes]]) -> None:
         path = os.path.join(base, rel)
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(handle, view):]
+            write_all(handle, content)
             if mode & umask:  # the mode given at creation lost bits to the umask: the manifest has them
                 os.fchmod(handle, mode)
         finally:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import STORE, ContractError, Plan, copy_verified, verify
-from ..files import remove_tree, write_file
+from ..files import remove_tree, write_all, write_file
 from . import trust
 from .outcomes import Refused
 
@@ -175,9 +175,7 @@ class State:
         line = f"{seq}\t{time.strftime(TIME_FORMAT, time.gmtime())}\t{name}\t{event}\n".encode()
         fd = os.open(self.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -46,7 +46,7 @@ from ..contract import (
     StepPlan,
     read_plan,
 )
-from ..files import remove_tree
+from ..files import remove_tree, write_all
 from . import commands, environment, procfs, trust
 from .outcomes import Failed, Refused, crash_point, say
 
@@ -306,9 +306,7 @@ def _copy_file(dirfd: int, name: str, dest: Path, what: str, source: Path, rel: 
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             while chunk := os.read(fd, 1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view):]
+                write_all(out, chunk)
             os.fchmod(out, 0o555 if info.st_mode & 0o111 else 0o444)
         finally:
             os.close(out)
@@ -456,7 +454,7 @@ def _seal(path: Path) -> None:
 def _write_marker(path: Path, what: dict[str, object]) -> None:
     fd = os.open(path / STORE_COMPLETE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
     try:
-        os.write(fd, (json.dumps(what, sort_keys=True) + "\n").encode())
+        write_all(fd, (json.dumps(what, sort_keys=True) + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
