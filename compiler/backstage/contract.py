@@ -233,6 +233,8 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     def one(value: Any) -> tuple[Any, ...]:
         return (getattr(value, name),)
     return one
+
+
 _SCALARS = frozenset({str, int, bool, float, type(None)})
 _SORTED = json.JSONEncoder(sort_keys=True)  # one encoder for every line: json.dumps makes one per call
 
@@ -254,9 +256,7 @@ def _lines_json(data: dict[str, Any]) -> bytes:
 def zone_json(zone: str, rrsets: Iterable[RRset]) -> bytes:
     """dns/<zone>.json: the zone and its RRsets sorted by name and type, one per line."""
     ordered = sorted(rrsets, key=lambda r: (r.name, r.type))
-    lines = ",\n".join(f"    {json.dumps(plain(r), sort_keys=True)}" for r in ordered)
-    body = f"[\n{lines}\n  ]" if ordered else "[]"
-    return f'{{\n  "rrsets": {body},\n  "zone": {json.dumps(zone)}\n}}\n'.encode()
+    return _lines_json({"rrsets": [plain(r) for r in ordered], "zone": zone})
 
 
 def read_zone(raw: bytes) -> tuple[str, tuple[RRset, ...]]:
