@@ -59,32 +59,34 @@ class Memo:
             kept = self._reprs[id(value)] = (value, repr(value))
         return kept[1]
 
+    def _recall(self, inputs: object, make: Callable[[], list[str]]) -> tuple[list[str], bool]:
+        """What an earlier build (or this one) made from the same inputs (by their repr), else `make()`;
+        and whether it was recalled."""
+        key = hashlib.sha256(repr(inputs).encode()).hexdigest()
+        found = self.now.get(key) or self.earlier.get(key)
+        recalled = found is not None
+        self.now[key] = found = found if found is not None else make()
+        return found, recalled
+
     def chunks(self, template: Any, context: Mapping[str, object]) -> list[str]:
         # Every value in a context is a scalar, a container or a frozen model whose repr shows all it holds
         # (an Act's files by their digest); the compiler's own version is checked with the memo.
         items = [(name, value if type(value) in _PLAIN else self._repr(value)) for name, value in
                  sorted(context.items())]  # a model by its (cached) repr, the rest in one repr call below
-        key = hashlib.sha256(repr((template.name, items)).encode()).hexdigest()
-        found = self.now.get(key) or self.earlier.get(key)
-        if found is None:
-            found = _runs(template.render(context))
-            self.rendered += 1
-        else:
+        found, recalled = self._recall((template.name, items), lambda: _runs(template.render(context)))
+        if recalled:
             self.reused += 1
-        self.now[key] = found
+        else:
+            self.rendered += 1
         return found
+
+    def value(self, kind: str, inputs: object, make: Callable[[], str]) -> str:
+        """`make()`, or what it gave an earlier build for the same inputs (not counted as a render)."""
+        found, _ = self._recall((kind, inputs), lambda: [make()])
+        return found[0]
 
 
 _PLAIN = frozenset({str, int, bool, float, type(None), list, tuple, dict, targets.Verbatim, targets.Placeholder})
-
-
-def _memo_value(memo: Memo, kind: str, inputs: object, make: Callable[[], str]) -> str:
-    """`make()`, or what it gave an earlier build for the same inputs (their repr)."""
-    key = hashlib.sha256(repr((kind, inputs)).encode()).hexdigest()
-    found = memo.now.get(key) or memo.earlier.get(key)
-    value = found[0] if found else make()
-    memo.now[key] = [value]
-    return value
 
 
 def _environment_text(env: Environment, secrets: list[tuple[str, str]], app: str) -> str:
@@ -236,7 +238,7 @@ def _render_vassals(production: Production, graph: graphs.Graph, hosts: dict[str
         act = production.acts[sess.act]
         env = _environment(production, sess, hosts.get(name, []), vassals, stores)
         app, secrets = f"{act.module}:{act.callable}", list(act.secrets)
-        environment_file = _memo_value(memo, "environment.json", (env, secrets, app), functools.partial(
+        environment_file = memo.value("environment.json", (env, secrets, app), functools.partial(
             _environment_text, env, secrets, app)).encode("ascii")
         store = layout.entry_store(name, [(entry.ENTRY, layout.READ_ONLY, entry.entry_point()),
                                           (entry.ENVIRONMENT, layout.READ_ONLY, environment_file)])
