@@ -89,7 +89,7 @@ def earlier_renders(outdir: Path) -> Memo:
     from .render import Memo
 
     try:
-        kept = json.loads((outdir / ".cache" / RENDERS).read_bytes())
+        kept = json.loads(_cache_file(outdir, RENDERS).read_bytes())
         if kept["compiler"] == compiler_digest() and isinstance(kept["chunks"], dict):
             return Memo({str(key): [str(c) for c in chunks] for key, chunks in kept["chunks"].items()})
     except (OSError, ValueError, KeyError, TypeError):
@@ -99,11 +99,7 @@ def earlier_renders(outdir: Path) -> Memo:
 
 def keep_renders(outdir: Path, memo: Memo) -> None:
     """Keep this build's template output (only what it used: the file does not grow) for the next one."""
-    entry = outdir / ".cache" / RENDERS
-    entry.parent.mkdir(exist_ok=True)
-    tmp = entry.with_name(f".{RENDERS}.{os.getpid()}")
-    tmp.write_text(json.dumps({"compiler": compiler_digest(), "chunks": memo.now}, separators=(",", ":")), "utf-8")
-    os.replace(tmp, entry)
+    _keep(outdir, RENDERS, json.dumps({"compiler": compiler_digest(), "chunks": memo.now}, separators=(",", ":")))
 
 
 def point_result(outdir: Path, dirname: str) -> None:
@@ -129,10 +125,15 @@ def cached(outdir: Path, key: str) -> Built | None:
 
 def remember(outdir: Path, key: str, built: Built, inputs: list[str], stamp: str) -> None:
     """Record a build; `stamp` is the fingerprint of `inputs` taken before they were read."""
-    entry = _cache_file(outdir, key)
-    entry.parent.mkdir(exist_ok=True)
-    tmp = entry.with_name(f".{key}.{os.getpid()}")
     record = {"artifact": built.path.name, "summary": built.summary, "inputs": sorted(inputs),
               "fingerprint": stamp}
-    tmp.write_text(json.dumps(record, sort_keys=True) + "\n", "utf-8")
+    _keep(outdir, key, json.dumps(record, sort_keys=True) + "\n")
+
+
+def _keep(outdir: Path, name: str, text: str) -> None:
+    """Replace outdir/.cache/`name` with `text`, through a temporary renamed over it."""
+    entry = _cache_file(outdir, name)
+    entry.parent.mkdir(exist_ok=True)
+    tmp = entry.with_name(f".{name}.{os.getpid()}")
+    tmp.write_text(text, "utf-8")
     os.replace(tmp, entry)
