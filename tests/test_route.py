@@ -311,7 +311,7 @@ def send(request: Request) -> Got:
             context.verify_mode = ssl.CERT_NONE
             sni = route_cli.nginxroute.host_name(request.host)
             try:
-                conn = context.wrap_socket(raw, server_hostname=None if route_cli._ipv4(sni) else sni)
+                conn = context.wrap_socket(raw, server_hostname=None if route_cli._ip(sni) else sni)
             except (ssl.SSLError, ConnectionResetError):
                 return Got(None, "tls-error", {}, b"")
         conn.sendall(f"GET {request.target} HTTP/1.1\r\nHost: {request.host}\r\nConnection: close\r\n\r\n"

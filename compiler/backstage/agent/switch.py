@@ -424,10 +424,10 @@ def dry_run_switch(state: State, artifact: Path, force: bool, as_json: bool = Fa
         out(f"get   the certificate of venue {cert['venue']} ({', '.join(cert['names'])}) from {cert['ca'] or '?'}")
     for step in found["steps"]:
         out(f"run   {step['kind']} of act {step['act']}: {' '.join(step['argv'])}")
-    for verb, names in steps.by_verb():
-        for name in names:
-            out(f"{verb:5} vassal {name}" + (f" ({reasons[name]})" if name in reasons else ""))
-    out("nginx: test and reload")
+    for verb, vassals in found["vassals"].items():
+        for vassal in vassals:
+            out(f"{verb:5} vassal {vassal['file']}" + (f" ({vassal['why']})" if vassal["why"] else ""))
+    out(f"nginx: {found['nginx']}")
     for zone_change in zone_changes:
         for change in zone_change.changes:
             out(f"dns   {change.describe()}")

@@ -372,7 +372,7 @@ def parser() -> argparse.ArgumentParser:
     sub = verb("route", _route, "Say which server, location, Gig and Sess answer a URL, by nginx's rules.")
     sub.add_argument("target", nargs="+", metavar="URL PRODUCTION",
                      help="the URL, then a production file or an artifact (with --unreachable: only the latter)")
-    sub.add_argument("--address", metavar="IP", help="the IPv4 address the connection goes to (default: the URL's "
+    sub.add_argument("--address", metavar="IP", help="the IP address the connection goes to (default: the URL's "
                                                      "own, else the host's [host].address, else 127.0.0.1)")
     sub.add_argument("--host", metavar="NAME", help="with [hosts]: route on this host only (default: the hosts "
                                                     "that serve the URL's name)")

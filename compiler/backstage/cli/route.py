@@ -73,10 +73,6 @@ def request(url: str, address: str | None, default_address: str) -> Request:
     return Request(parts.scheme, parts.netloc.rpartition("@")[2], connect, port, target)
 
 
-def _ipv4(text: str) -> str:
-    return text if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", text) else ""
-
-
 def _ip(text: str) -> bool:
     """An IPv4 or IPv6 address (the servers backstage writes listen on IPv4 only: IPv6 finds none)."""
     try:

@@ -26,7 +26,7 @@ _TABLES = (("act", "acts"), ("stage", "stages"), ("sess", "sesses"), ("venue", "
 @dataclass(slots=True)
 class Graph:
     """The graph as its nodes and role-labelled edges. The networkx DiGraph of the same (`as_networkx`) is
-    built on first use: a production without `needs` never pays for importing networkx."""
+    built on first use: a build (graphlib orders it) never pays for importing networkx."""
 
     nodes: list[Node] = field(default_factory=list)
     edges: list[tuple[Node, Node, str]] = field(default_factory=list)
