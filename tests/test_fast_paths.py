@@ -9,14 +9,17 @@ test_properties.py, and edits of TOML syntax that stress the two parsers' differ
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import strategies as S
+from backstage import contract
 from backstage.errors import InputError
 from backstage.phases import check, load, pipeline
 from conftest import EXAMPLES
@@ -157,3 +160,49 @@ def test_edited_toml_gets_the_same_verdict_and_data() -> None:
 
     edited()
     assert seen["tomllib reads"] > 0 and seen["rtoml reads"] > 0, seen
+
+
+# ------------------------------------------------------------------ the plan's and manifest's JSON
+
+@dataclass(frozen=True, slots=True)
+class _Inner:
+    text: str
+    count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outer:
+    """A stand-in for a plan: a field of each kind a contract dataclass holds."""
+
+    zeta: str
+    alpha: int
+    flag: bool
+    ratio: float
+    inner: _Inner | None
+    items: tuple[_Inner, ...]
+    pairs: list[tuple[str, str]]
+    table: dict[str, object]
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)  # quotes, backslashes, control and non-ASCII
+_INNER = st.builds(_Inner, _TEXT, st.none() | st.integers())
+_OUTER = st.builds(_Outer, _TEXT, st.integers(), st.booleans(), st.floats(), st.none() | _INNER,
+                   st.lists(_INNER, max_size=3).map(tuple), st.lists(st.tuples(_TEXT, _TEXT), max_size=3),
+                   st.dictionaries(_TEXT, st.none() | st.integers() | _TEXT | st.lists(_TEXT, max_size=2),
+                                   max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OUTER)
+def test_direct_json_is_the_encoders(value: _Outer) -> None:
+    """contract writes a plan's and a manifest's lines without building their dicts first; the bytes must
+    be json's for the same data (sorted keys, ASCII escapes, NaN and Infinity as json writes them), and
+    must read back to it."""
+    data = contract.plain(value)
+    lines = contract._lines_json(value)
+    assert lines.replace(b",\n    ", b", ").replace(b"[\n    ", b"[").replace(b"\n  ]", b"]").replace(
+        b"{\n  ", b"{").replace(b",\n  ", b", ").replace(b"\n}\n", b"}") == json.dumps(data, sort_keys=True).encode()
+    for item in [value.inner, *value.items, value.pairs, value.table]:
+        assert contract._json(item) == json.dumps(contract.plain(item), sort_keys=True)
+    if value.ratio == value.ratio:  # NaN is not equal to itself
+        assert json.loads(lines) == data

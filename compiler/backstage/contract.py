@@ -239,18 +239,56 @@ _SCALARS = frozenset({str, int, bool, float, type(None)})
 _SORTED = json.JSONEncoder(sort_keys=True)  # one encoder for every line: json.dumps makes one per call
 
 
-def _lines_json(data: dict[str, Any]) -> bytes:
+def _lines_json(data: object) -> bytes:
     """JSON with each top-level key, and each item of a top-level list, on a line of its own: readable in
-    a diff, and written by json's C encoder."""
-    encode = _SORTED.encode
+    a diff. `data` is a dataclass or a dict; the bytes are `json.dumps(plain(data), sort_keys=True)`'s
+    but for the line breaks."""
     lines = []
-    for key, value in sorted(data.items()):
-        if isinstance(value, list) and value:
-            items = ",\n".join(f"    {encode(item)}" for item in value)
-            lines.append(f"  {encode(key)}: [\n{items}\n  ]")
+    for key, value in _sorted_fields(data):
+        if type(value) in (list, tuple) and value:
+            items = ",\n    ".join([_json(item) for item in value])
+            lines.append(f"  {key}[\n    {items}\n  ]")
         else:
-            lines.append(f"  {encode(key)}: {encode(value)}")
+            lines.append(f"  {key}{_json(value)}")
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+
+
+def _json(value: object) -> str:
+    """`_SORTED.encode(plain(value))`, written directly for a dataclass, list or scalar (a plan or manifest
+    has tens of thousands of items, and building each one's dict first cost more than encoding it)."""
+    kind = type(value)
+    scalar = _SCALAR_JSON.get(kind)
+    if scalar is not None:
+        return scalar(value)
+    if kind is list or kind is tuple:
+        return "[" + ", ".join([_json(item) for item in value]) + "]"  # type: ignore[attr-defined]
+    if kind is dict or not is_dataclass(value):
+        return _SORTED.encode(plain(value))
+    return "{" + ", ".join([key + _json(item) for key, item in _sorted_fields(value)]) + "}"
+
+
+def _sorted_fields(value: object) -> list[tuple[str, Any]]:
+    """(the key encoded as JSON with its ': ', the value) of a dataclass's fields or a dict's items,
+    sorted by key."""
+    if type(value) is dict:
+        return [(_SORTED.encode(key) + ": ", item) for key, item in sorted(value.items())]
+    kind = type(value)
+    layout = _JSON_LAYOUT.get(kind)
+    if layout is None:
+        names = sorted(f.name for f in fields(value))  # type: ignore[arg-type]
+        layout = _JSON_LAYOUT[kind] = (tuple(_SORTED.encode(n) + ": " for n in names), _getter(tuple(names)))
+    keys, get = layout
+    return list(zip(keys, get(value), strict=True))
+
+
+_SCALAR_JSON: dict[type, Callable[[Any], str]] = {
+    str: json.encoder.encode_basestring_ascii,  # what the encoder uses with ensure_ascii, its default
+    int: int.__repr__,
+    bool: lambda flag: "true" if flag else "false",
+    type(None): lambda _: "null",
+    float: _SORTED.encode,
+}
+_JSON_LAYOUT: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 def zone_json(zone: str, rrsets: Iterable[RRset]) -> bytes:
@@ -413,7 +451,7 @@ class Plan:
     def to_json(self) -> bytes:
         """JSON with each top-level key, and each item of a top-level list, on a line of its own:
         readable in a diff, and written by json's C encoder (indent= would use the pure-Python one)."""
-        return _lines_json(plain(self))
+        return _lines_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Plan:
@@ -600,7 +638,7 @@ class Manifest:
 
     def to_json(self) -> bytes:
         """As the plan: a line per top-level key and per file (json's C encoder; indent= is pure Python)."""
-        return _lines_json(plain(self))
+        return _lines_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
