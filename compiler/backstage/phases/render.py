@@ -59,10 +59,8 @@ class Memo:
             kept = self._reprs[id(value)] = (value, repr(value))
         return kept[1]
 
-    def _recall(self, inputs: object, make: Callable[[], list[str]]) -> tuple[list[str], bool]:
-        """What an earlier build (or this one) made from the same inputs (by their repr), else `make()`;
-        and whether it was recalled."""
-        key = hashlib.sha256(repr(inputs).encode()).hexdigest()
+    def _recall(self, key: str, make: Callable[[], list[str]]) -> tuple[list[str], bool]:
+        """What an earlier build (or this one) made for `key`, else `make()`; and whether it was recalled."""
         found = self.now.get(key) or self.earlier.get(key)
         recalled = found is not None
         self.now[key] = found = found if found is not None else make()
@@ -70,10 +68,13 @@ class Memo:
 
     def chunks(self, template: Any, context: Mapping[str, object]) -> list[str]:
         # Every value in a context is a scalar, a container or a frozen model whose repr shows all it holds
-        # (an Act's files by their digest); the compiler's own version is checked with the memo.
-        items = [(name, value if type(value) in _PLAIN else self._repr(value)) for name, value in
-                 sorted(context.items())]  # a model by its (cached) repr, the rest in one repr call below
-        found, recalled = self._recall((template.name, items), lambda: _runs(template.render(context)))
+        # (an Act's files by their digest); the compiler's own version is checked with the memo. The key
+        # is the template's name and each (name, repr) joined by NUL, which no repr holds (it escapes one).
+        parts = [template.name]
+        for name, value in sorted(context.items()):
+            parts += (name, repr(value) if type(value) in _PLAIN else self._repr(value))
+        key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+        found, recalled = self._recall(key, lambda: _runs(template.render(context)))
         if recalled:
             self.reused += 1
         else:
@@ -82,11 +83,13 @@ class Memo:
 
     def value(self, kind: str, inputs: object, make: Callable[[], str]) -> str:
         """`make()`, or what it gave an earlier build for the same inputs (not counted as a render)."""
-        found, _ = self._recall((kind, inputs), lambda: [make()])
+        found, _ = self._recall(hashlib.sha256(repr((kind, inputs)).encode()).hexdigest(), lambda: [make()])
         return found[0]
 
 
-_PLAIN = frozenset({str, int, bool, float, type(None), list, tuple, dict, targets.Verbatim, targets.Placeholder})
+# Values repr'd where they are met; any other (a model, or the one uwsgi_params text every server holds)
+# is repr'd once per build, by identity.
+_PLAIN = frozenset({str, int, bool, float, type(None), list, tuple, dict, targets.Placeholder})
 
 
 def _environment_text(env: Environment, secrets: list[tuple[str, str]], app: str) -> str:
