@@ -49,7 +49,7 @@ PLAYBOOK = """\
         entry: "{{ item.c.entry }}"
         restart: 0
         code: "{{ item.c.code }}"
-        environment: "{{ item.c.environment }}"
+        virtualenv: "{{ item.c.environment }}"
         socket_owner: "{{ item.c.socket_owner }}"
         nginx_user: "{{ item.c.nginx_user }}"
         logto: "{{ item.c.logto }}"
@@ -78,6 +78,8 @@ def escaped(value: Any, finalize: Callable[[Any], str]) -> Any:
     """`value` with every leaf that a template prints already passed through `finalize`."""
     if value is None or (isinstance(value, bool) and finalize is targets.nginx.token):
         return value  # only tested by `{% if %}`, never printed
+    if type(value) is int:
+        return value  # printed as itself, and compared with numbers (`https_port`)
     if isinstance(value, dict):
         return {k: escaped(v, finalize) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -93,7 +95,6 @@ def without_slot_filters(text: str) -> str:
                             ("{{ loc.path | location }}", "{{ loc.path }}"),
                             ("{{ loc.path | prefix_regex }}", "{{ loc.path_regex }}"),
                             ("{{ key | option }}", "{{ key }}")):
-        assert filtered in text, filtered
         text = text.replace(filtered, plain)
     assert "|" not in text.replace("||", ""), "a slot filter the peer does not know"
     return text
@@ -104,12 +105,18 @@ def prepare(n: int, workdir: Path) -> Path:
     data = generate(n)
     vassals = [{"file": Path(rel).name, "c": escaped(c, targets.uwsgi.value)} for rel, c in vassal_contexts(data)
                if rel.endswith(".ini")]
-    venues = [{"file": Path(rel).name, "c": escaped(c, targets.nginx.token)} for rel, c in venue_contexts(data)]
+    venues = [{"file": Path(rel).name, "c": escaped(c, targets.nginx.token) | {"hsts": c["hsts"] or ""}}
+              for rel, c in venue_contexts(data)]  # an empty `hsts` is only tested, never printed
     workdir.mkdir(parents=True, exist_ok=True)
     templates = resources.files("backstage.targets") / "templates"
     for name in ("vassal.ini.j2", "venue.conf.j2"):
-        text = templates.joinpath(name).read_text("utf-8")
+        # `environment` is a keyword of Ansible's tasks: a variable of that name is always [].
+        text = templates.joinpath(name).read_text("utf-8").replace("{{ environment }}", "{{ virtualenv }}")
         (workdir / name).write_text(JINJA_HEADER + without_slot_filters(text), "utf-8")
+    # What they include, found beside them (Ansible looks in the including template's directory); the
+    # header line is read from the top template only.
+    for name in ("acme-location.j2",):
+        (workdir / name).write_text(without_slot_filters(templates.joinpath(name).read_text("utf-8")), "utf-8")
     # Fixed text with no variables: backstage renders it once and passes it to every venue, as here.
     params = templates.joinpath("uwsgi_params.j2").read_text("utf-8")
     (workdir / "vars.json").write_text(json.dumps({"vassals": vassals, "venues": venues, "uwsgi_params": params}),

@@ -187,7 +187,9 @@ class Bench:
         command = [*peer.command(self.ansible, self.playbooks[n]), "-e", f"out={out}"]
         self.record("ansible", n, measure(command, self.tmp / "stderr", peer.environment(self.tmp / "ansible")))
         if self.runs == 0:
-            same_files("Ansible", rendered(out), self.reference[n])
+            # Ansible writes the vassal and nginx files, not the environments (which favours it).
+            same_files("Ansible", rendered(out), {path: text for path, text in self.reference[n].items()
+                                                  if not path.startswith("entries/")})
         remove_tree(out)
 
     def round(self) -> None:
