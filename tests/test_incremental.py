@@ -4,11 +4,12 @@ clean build of the same input gives, byte for byte."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
-from backstage.phases import pipeline
+from backstage.phases import pipeline, render
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -90,3 +91,84 @@ def test_a_memo_from_another_compiler_is_not_used(production: str, tmp_path: Pat
     source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))
     again = pipeline.build(source, out)
     assert again.reused == 0
+
+
+# ------------------------------------------------------------------ Venues rendered by a second process
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Render.PARALLEL_VENUES lowered so that the 300-Gig production forks; the children's pids."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("these tests need two CPUs: with one, render never forks")
+    monkeypatch.setattr(render, "PARALLEL_VENUES", 2)
+    children: list[int] = []
+    fork = os.fork
+
+    def recorded() -> int:
+        pid = fork()
+        if pid:
+            children.append(pid)
+        return pid
+    monkeypatch.setattr(render.os, "fork", recorded)
+    return children
+
+
+def _serial(production: str, monkeypatch: pytest.MonkeyPatch) -> pipeline.Compiled:
+    with monkeypatch.context() as serial:
+        serial.setattr(render, "PARALLEL_VENUES", 10**9)
+        return pipeline.compile_bytes(production.encode())
+
+
+def _reaped(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        return False
+    return True
+
+
+def test_venues_rendered_in_two_processes_are_the_serial_files(
+        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same artifact, and a memo that a rebuild reuses whole: the child's renders came back."""
+    source = tmp_path / "production.toml"
+    source.write_text(production)
+    out = tmp_path / "out"
+    built = pipeline.build(source, out)
+    assert len(forks) == 1 and _reaped(forks)
+    serial = _serial(production, monkeypatch)
+    assert built.path.name == serial.name
+    assert tree(built.path) == {rel: f.content for rel, f in serial.files.items()}
+    source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))  # new input, same model
+    again = pipeline.build(source, out)
+    assert len(forks) == 2 and _reaped(forks)
+    assert (again.rendered, again.reused) == (0, built.rendered), (again.rendered, again.reused)
+
+
+def test_a_child_that_fails_is_replaced_by_rendering_here(
+        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that cannot send its half (here: pickling fails in it) leaves the files as they would be."""
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("the pipe broke")
+    monkeypatch.setattr(render.pickle, "dump", broken)
+    compiled = pipeline.compile_bytes(production.encode())
+    assert len(forks) == 1 and _reaped(forks)
+    assert compiled.files == _serial(production, monkeypatch).files
+
+
+def test_a_failure_while_the_child_runs_kills_and_reaps_it(
+        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error (or Ctrl-C) in this process's half propagates as it would without a child, and leaves
+    no child behind, even one blocked on a full pipe."""
+    venue_of = render._render_venue
+    parent = os.getpid()
+
+    def interrupted(production: object, name: str, *args: object) -> bytes:
+        if os.getpid() == parent:
+            raise KeyboardInterrupt
+        return venue_of(production, name, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(render, "_render_venue", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.compile_bytes(production.encode())
+    assert len(forks) == 1 and _reaped(forks)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import pickle
 import re
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -166,8 +170,8 @@ def render(production: Production, graph: graphs.Graph, restarts: Mapping[str, i
     booked: dict[str, list[Gig]] = {name: [] for name in production.venues}
     for gig in production.gigs.values():
         booked[gig.venue].append(gig)
-    for name, gigs in booked.items():
-        files[f"nginx/{name}.conf"] = File(_render_venue(production, name, gigs, addresses, stores, memo))
+    for name, text in _render_venues(production, booked, addresses, stores, memo).items():
+        files[f"nginx/{name}.conf"] = File(text)
     for venue in production.venues.values():
         if venue.tls and venue.tls.acme:
             files[_challenge_path(venue.name)] = File(targets.template("nginx", "challenge.conf.j2").render(
@@ -380,6 +384,59 @@ def _challenge_path(venue: str) -> str:
 def _uwsgi_params() -> targets.Verbatim:
     """The artifact's own uwsgi_params: fixed template text, rendered once and written into each location."""
     return targets.Verbatim(targets.template("nginx", "uwsgi_params.j2").render())
+
+
+PARALLEL_VENUES = 400  # from this many Venues on, a second process renders half of them
+
+
+def _render_venues(production: Production, booked: dict[str, list[Gig]], vassals: dict[str, Vassal],
+                   stores: Stores, memo: Memo) -> dict[str, bytes]:
+    """Each Venue's server file. The Venues depend on nothing but the vassals, already done, so with
+    PARALLEL_VENUES or more (and a second CPU, and no other thread to fork away from) a forked child
+    renders the second half while this process renders the first. The child sends back its texts and
+    what it added to the memo; if it fails in any way, this process renders its half itself. Either way
+    the files are the same: rendering is a pure function of the model."""
+    names = list(booked)
+
+    def one(name: str) -> bytes:
+        return _render_venue(production, name, booked[name], vassals, stores, memo)
+
+    if len(names) < PARALLEL_VENUES or len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1:
+        return {name: one(name) for name in names}
+    mine, theirs = names[: len(names) // 2], names[len(names) // 2:]
+    known, counts = set(memo.now), (memo.rendered, memo.reused)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's cleanup
+        code = 1
+        try:
+            os.close(reader)
+            texts = [one(name) for name in theirs]
+            added = {key: chunks for key, chunks in memo.now.items() if key not in known}
+            with open(writer, "wb") as out:
+                pickle.dump((texts, added, memo.rendered - counts[0], memo.reused - counts[1]), out, 5)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with open(reader, "rb") as back:
+        try:
+            done = {name: one(name) for name in mine}
+            sent = back.read()
+        except BaseException:  # Ctrl-C included: the child goes too, even if blocked on a full pipe
+            os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            _, status = os.waitpid(pid, 0)
+    if status == 0 and sent:
+        texts, added, rendered, reused = pickle.loads(sent)
+        memo.now.update(added)
+        memo.rendered += rendered
+        memo.reused += reused
+        done.update(zip(theirs, texts, strict=True))
+    else:
+        done.update((name, one(name)) for name in theirs)
+    return done
 
 
 def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vassals: dict[str, Vassal],
