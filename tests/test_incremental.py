@@ -93,14 +93,17 @@ def test_a_memo_from_another_compiler_is_not_used(production: str, tmp_path: Pat
     assert again.reused == 0
 
 
-# ------------------------------------------------------------------ Venues rendered by a second process
+# ------------------------------------------------------------------ files rendered by a second process
+
+FORKS = 2  # children per build: one for half the vassals that need no other Sess, one for half the servers
+
 
 @pytest.fixture
 def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Render.PARALLEL_VENUES lowered so that the 300-Gig production forks; the children's pids."""
+    """render.PARALLEL_FROM lowered so that the 300-Gig production forks; the children's pids."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.fail("these tests need two CPUs: with one, render never forks")
-    monkeypatch.setattr(render, "PARALLEL_VENUES", 2)
+    monkeypatch.setattr(render, "PARALLEL_FROM", 2)
     children: list[int] = []
     fork = os.fork
 
@@ -115,7 +118,7 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def _serial(production: str, monkeypatch: pytest.MonkeyPatch) -> pipeline.Compiled:
     with monkeypatch.context() as serial:
-        serial.setattr(render, "PARALLEL_VENUES", 10**9)
+        serial.setattr(render, "PARALLEL_FROM", 10**9)
         return pipeline.compile_bytes(production.encode())
 
 
@@ -129,20 +132,20 @@ def _reaped(pids: list[int]) -> bool:
     return True
 
 
-def test_venues_rendered_in_two_processes_are_the_serial_files(
+def test_files_rendered_in_two_processes_are_the_serial_ones(
         production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     """The same artifact, and a memo that a rebuild reuses whole: the child's renders came back."""
     source = tmp_path / "production.toml"
     source.write_text(production)
     out = tmp_path / "out"
     built = pipeline.build(source, out)
-    assert len(forks) == 1 and _reaped(forks)
+    assert len(forks) == FORKS and _reaped(forks)
     serial = _serial(production, monkeypatch)
     assert built.path.name == serial.name
     assert tree(built.path) == {rel: f.content for rel, f in serial.files.items()}
     source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))  # new input, same model
     again = pipeline.build(source, out)
-    assert len(forks) == 2 and _reaped(forks)
+    assert len(forks) == 2 * FORKS and _reaped(forks)
     assert (again.rendered, again.reused) == (0, built.rendered), (again.rendered, again.reused)
 
 
@@ -153,7 +156,7 @@ def test_a_child_that_fails_is_replaced_by_rendering_here(
         raise OSError("the pipe broke")
     monkeypatch.setattr(render.pickle, "dump", broken)
     compiled = pipeline.compile_bytes(production.encode())
-    assert len(forks) == 1 and _reaped(forks)
+    assert len(forks) == FORKS and _reaped(forks)
     assert compiled.files == _serial(production, monkeypatch).files
 
 
@@ -171,4 +174,4 @@ def test_a_failure_while_the_child_runs_kills_and_reaps_it(
     monkeypatch.setattr(render, "_render_venue", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pipeline.compile_bytes(production.encode())
-    assert len(forks) == 1 and _reaped(forks)
+    assert len(forks) == FORKS and _reaped(forks)  # the vassals' child had finished; the servers' was killed

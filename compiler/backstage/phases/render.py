@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import contract, targets
 from ..targets import entry
@@ -170,8 +170,10 @@ def render(production: Production, graph: graphs.Graph, restarts: Mapping[str, i
     booked: dict[str, list[Gig]] = {name: [] for name in production.venues}
     for gig in production.gigs.values():
         booked[gig.venue].append(gig)
-    for name, text in _render_venues(production, booked, addresses, stores, memo).items():
-        files[f"nginx/{name}.conf"] = File(text)
+    venues = list(booked)
+    texts = _in_two_processes(venues, lambda name: _render_venue(production, name, booked[name], addresses, stores,
+                                                                 memo), memo)
+    files.update((f"nginx/{name}.conf", File(text)) for name, text in zip(venues, texts, strict=True))
     for venue in production.venues.values():
         if venue.tls and venue.tls.acme:
             files[_challenge_path(venue.name)] = File(targets.template("nginx", "challenge.conf.j2").render(
@@ -236,11 +238,9 @@ def _render_vassals(production: Production, graph: graphs.Graph, hosts: dict[str
     """Each Sess's vassal, its file and its environment, rendered after the Sesses it needs (their
     addresses are in it)."""
     template = targets.template("uwsgi", "vassal.ini.j2")
-    done: dict[str, tuple[Vassal, bytes, Rendered]] = {}
     vassals: dict[str, Vassal] = {}  # of the Sesses done so far
-    for name in graphs.sesses_needed_first(graph):
-        if name not in production.sesses:  # another host's (a production on several hosts)
-            continue
+
+    def one(name: str) -> tuple[Vassal, bytes, Rendered]:
         sess = production.sesses[name]
         act = production.acts[sess.act]
         env = _environment(production, sess, hosts.get(name, []), vassals, stores)
@@ -258,8 +258,18 @@ def _render_vassals(production: Production, graph: graphs.Graph, hosts: dict[str
         vassal = _address(production, sess, hashlib.sha256("".join(chunks).encode()).hexdigest()[: layout.HASH_LENGTH])
         path = targets.escape("uwsgi", vassal.bind)
         text = "".join(path if chunk == _BIND else chunk for chunk in chunks)
-        done[name] = (vassal, text.encode(), Rendered(env, list(act.secrets), environment_file, store))
-        vassals[name] = vassal
+        return vassal, text.encode(), Rendered(env, list(act.secrets), environment_file, store)
+
+    # Another host's Sesses are left out (a production on several hosts). Those that need none are
+    # rendered first, and may be in two processes; the rest after the Sesses they need, in order.
+    order = [name for name in graphs.sesses_needed_first(graph) if name in production.sesses]
+    free = [name for name in order if not production.sesses[name].needs]
+    done = dict(zip(free, _in_two_processes(free, one, memo), strict=True))
+    vassals.update((name, result[0]) for name, result in done.items())
+    for name in order:
+        if name not in done:
+            done[name] = one(name)
+            vassals[name] = done[name][0]
     return dict(sorted(done.items()))
 
 
@@ -386,24 +396,19 @@ def _uwsgi_params() -> targets.Verbatim:
     return targets.Verbatim(targets.template("nginx", "uwsgi_params.j2").render())
 
 
-PARALLEL_VENUES = 400  # from this many Venues on, a second process renders half of them
+PARALLEL_FROM = 400  # from this many files of a kind on, a second process renders half of them
+_Result = TypeVar("_Result")
 
 
-def _render_venues(production: Production, booked: dict[str, list[Gig]], vassals: dict[str, Vassal],
-                   stores: Stores, memo: Memo) -> dict[str, bytes]:
-    """Each Venue's server file. The Venues depend on nothing but the vassals, already done, so with
-    PARALLEL_VENUES or more (and a second CPU, and no other thread to fork away from) a forked child
-    renders the second half while this process renders the first. The child sends back its texts and
-    what it added to the memo; if it fails in any way, this process renders its half itself. Either way
-    the files are the same: rendering is a pure function of the model."""
-    names = list(booked)
-
-    def one(name: str) -> bytes:
-        return _render_venue(production, name, booked[name], vassals, stores, memo)
-
-    if len(names) < PARALLEL_VENUES or len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1:
-        return {name: one(name) for name in names}
-    mine, theirs = names[: len(names) // 2], names[len(names) // 2:]
+def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Memo) -> list[_Result]:
+    """[work(item) for item in items], the second half done by a forked child when there are
+    PARALLEL_FROM items or more (and a second CPU, and no other thread to fork away from). `work` must
+    depend on nothing the other items' work changes but the memo. The child sends back its results and
+    what it added to the memo; if it fails in any way, this process does its half itself. Either way the
+    results are the same: rendering is a pure function of the model."""
+    if len(items) < PARALLEL_FROM or len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1:
+        return [work(item) for item in items]
+    mine, theirs = items[: len(items) // 2], items[len(items) // 2:]
     known, counts = set(memo.now), (memo.rendered, memo.reused)
     reader, writer = os.pipe()
     pid = os.fork()
@@ -411,32 +416,32 @@ def _render_venues(production: Production, booked: dict[str, list[Gig]], vassals
         code = 1
         try:
             os.close(reader)
-            texts = [one(name) for name in theirs]
+            results = [work(item) for item in theirs]
             added = {key: chunks for key, chunks in memo.now.items() if key not in known}
             with open(writer, "wb") as out:
-                pickle.dump((texts, added, memo.rendered - counts[0], memo.reused - counts[1]), out, 5)
+                pickle.dump((results, added, memo.rendered - counts[0], memo.reused - counts[1]), out, 5)
             code = 0
         finally:
             os._exit(code)
     os.close(writer)
     with open(reader, "rb") as back:
         try:
-            done = {name: one(name) for name in mine}
+            done = [work(item) for item in mine]
             sent = back.read()
         except BaseException:  # Ctrl-C included: the child goes too, even if blocked on a full pipe
             os.kill(pid, signal.SIGKILL)
             raise
         finally:
             _, status = os.waitpid(pid, 0)
-    if status == 0 and sent:
-        texts, added, rendered, reused = pickle.loads(sent)
-        memo.now.update(added)
-        memo.rendered += rendered
-        memo.reused += reused
-        done.update(zip(theirs, texts, strict=True))
-    else:
-        done.update((name, one(name)) for name in theirs)
-    return done
+    if status != 0 or not sent:
+        return done + [work(item) for item in theirs]
+    results, added, rendered, reused = pickle.loads(sent)
+    if len(results) != len(theirs):
+        raise RuntimeError(f"render: the child rendered {len(results)} of {len(theirs)} files")
+    memo.now.update(added)
+    memo.rendered += rendered
+    memo.reused += reused
+    return done + list(results)
 
 
 def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vassals: dict[str, Vassal],
