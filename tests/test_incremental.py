@@ -1,5 +1,7 @@
 """A rebuild after a small change renders only what the change reaches, and gives the very artifact a
-clean build of the same input gives, byte for byte."""
+clean build of the same input gives, byte for byte. So does a big build's work done in two processes
+(render's half of the files, artifact.Writer's files and memo), when its child works, when it fails,
+and when the build is interrupted."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from backstage.phases import pipeline, render
+from backstage import contract, files
+from backstage.phases import artifact, pipeline, render
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -175,3 +178,69 @@ def test_a_failure_while_the_child_runs_kills_and_reaps_it(
     with pytest.raises(KeyboardInterrupt):
         pipeline.compile_bytes(production.encode())
     assert len(forks) == FORKS and _reaped(forks)  # the vassals' child had finished; the servers' was killed
+
+
+# --------------------------------------------- the rendered files written by a child while the manifest is made
+
+@pytest.fixture
+def overlapped(monkeypatch: pytest.MonkeyPatch, forks: list[int]) -> list[int]:
+    """artifact.OVERLAP_FROM lowered so that the 300-Gig production's files are written by a child."""
+    monkeypatch.setattr(artifact, "OVERLAP_FROM", 2)
+    monkeypatch.setattr(artifact.os, "fork", render.os.fork)  # the same recording fork (one os module)
+    return forks
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-"))
+
+
+def test_files_written_by_a_child_are_the_artifact_a_serial_build_writes(
+        production: str, tmp_path: Path, overlapped: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "production.toml"
+    source.write_text(production)
+    out = tmp_path / "out"
+    built = pipeline.build(source, out)
+    assert len(overlapped) == FORKS + 1 and _reaped(overlapped)
+    serial = _serial(production, monkeypatch)
+    assert built.path.name == serial.name and tree(built.path) == {rel: f.content for rel, f in serial.files.items()}
+    contract.verify(built.path)  # modes too: every file's is the manifest's
+    assert all(oct(d.stat().st_mode & 0o777) == "0o555" for d in [built.path, *built.path.rglob("*")] if d.is_dir())
+    assert _leftovers(out) == []
+    source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))
+    commented = pipeline.build(source, out)
+    assert commented.rendered == 0  # the child kept the memo
+    for record in (out / ".cache").iterdir():  # forget the no-op answer: the same input builds again...
+        if record.name != artifact.RENDERS:
+            record.unlink()
+    again = pipeline.build(source, out)  # ...into the artifact already there, which is kept
+    assert again.path == commented.path and not again.cached and _leftovers(out) == []
+
+
+def test_a_writer_child_that_fails_is_replaced_by_writing_here(
+        production: str, tmp_path: Path, overlapped: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    parent, write_tree = os.getpid(), files.write_tree
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        if os.getpid() != parent:
+            raise OSError(28, "No space left on device")
+        write_tree(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(files, "write_tree", full_disk)
+    source = tmp_path / "production.toml"
+    source.write_text(production)
+    built = pipeline.build(source, tmp_path / "out")
+    assert _reaped(overlapped) and _leftovers(tmp_path / "out") == []
+    assert tree(built.path) == {rel: f.content for rel, f in _serial(production, monkeypatch).files.items()}
+    assert (tmp_path / "out" / ".cache" / artifact.RENDERS).is_file()  # kept here instead
+
+
+def test_an_interrupted_build_leaves_no_temporary_tree_and_no_child(
+        production: str, tmp_path: Path, overlapped: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object) -> object:
+        raise KeyboardInterrupt
+    monkeypatch.setattr(artifact, "assemble", interrupted)
+    source = tmp_path / "production.toml"
+    source.write_text(production)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.build(source, tmp_path / "out")
+    assert len(overlapped) == FORKS + 1 and _reaped(overlapped)
+    assert _leftovers(tmp_path / "out") == [] and not (tmp_path / "out" / "result").exists()

@@ -62,9 +62,10 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def write_tree(base: Path, entries: Iterable[tuple[str, int, bytes]]) -> None:
+def write_tree(base: Path, entries: Iterable[tuple[str, int, bytes]], *, seal_base: bool = True) -> None:
     """Create (path, mode, content) files under the existing, empty directory `base`, each with O_EXCL
-    (never through a link), then make every directory read-only (0555, `base` included)."""
+    (never through a link), then make every directory read-only (0555; `base` too unless `seal_base` is
+    false, for a caller that adds files to it afterwards)."""
     dirs: set[str] = set()
     umask = os.umask(0)
     os.umask(umask)
@@ -84,4 +85,5 @@ def write_tree(base: Path, entries: Iterable[tuple[str, int, bytes]]) -> None:
             os.close(handle)
     for directory in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
         os.chmod(os.path.join(base, directory), 0o555)
-    os.chmod(base, 0o555)
+    if seal_base:
+        os.chmod(base, 0o555)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -52,15 +53,92 @@ def write(tree: dict[str, File], outdir: Path, dirname: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=outdir))
     try:
         files.write_tree(tmp, ((rel, f.mode, f.content) for rel, f in tree.items()))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            files.remove_tree(tmp)  # another build of the same content won the race
+        return _rename(tmp, final)
     except BaseException:
         files.remove_tree(tmp)
         raise
+
+
+class Writer:
+    """Writes a build into outdir: the rendered files and the render memo, then (`finish`) the agent and
+    the manifest, renamed into place as outdir/<name> like `write`.
+
+    With OVERLAP_FROM rendered files or more (and a second CPU, and no other thread), a forked child
+    writes the rendered files into a temporary directory and keeps the memo while this process makes the
+    manifest, which needs none of it written. If the child fails in any way, `finish` writes everything
+    here instead; the bytes written are the same either way. An error or Ctrl-C here waits for the child
+    (it only writes files) and removes the temporary directory."""
+
+    def __init__(self, outdir: Path, rendered: dict[str, File], memo: Memo) -> None:
+        self.outdir, self.rendered, self.memo = outdir, rendered, memo
+        self.child = 0
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Writer:
+        if len(self.rendered) < OVERLAP_FROM or len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1:
+            return self
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.outdir))
+        self.child = os.fork()
+        if self.child == 0:  # the child: never returns, never runs the parent's cleanup
+            code = 1
+            try:
+                files.write_tree(self.tmp, ((rel, f.mode, f.content) for rel, f in self.rendered.items()),
+                                 seal_base=False)
+                keep_renders(self.outdir, self.memo)
+                code = 0
+            finally:
+                os._exit(code)
+        return self
+
+    def _wait(self) -> bool:
+        """Whether the child (if any) wrote everything it was given."""
+        if not self.child:
+            return False
+        _, status = os.waitpid(self.child, 0)
+        self.child = 0
+        return status == 0
+
+    def finish(self, tree: dict[str, File], dirname: str) -> Path:
+        """The artifact outdir/`dirname`, holding `tree`: the rendered files and the agent and manifest."""
+        written = self._wait()
+        if self.tmp is None or not written:
+            self._discard()
+            final = write(tree, self.outdir, dirname)
+            keep_renders(self.outdir, self.memo)
+            return final
+        tmp, self.tmp = self.tmp, None
+        try:
+            rest = {rel: f for rel, f in tree.items() if rel not in self.rendered}
+            assert all("/" not in rel for rel in rest), sorted(rest)  # the agent and the manifest
+            files.write_tree(tmp, ((rel, f.mode, f.content) for rel, f in sorted(rest.items())))
+            return _rename(tmp, self.outdir / dirname)
+        except BaseException:
+            files.remove_tree(tmp)
+            raise
+
+    def _discard(self) -> None:
+        if self.tmp is not None:
+            files.remove_tree(self.tmp)
+            self.tmp = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._wait()
+        self._discard()
+
+
+OVERLAP_FROM = 1000  # rendered files from which a child writes them while the manifest is made
+
+
+def _rename(tmp: Path, final: Path) -> Path:
+    """Move a finished temporary tree to its name; if another build of the same content is there first
+    (or was there before), keep that one."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        files.remove_tree(tmp)  # another build of the same content won the race
     return final
 
 

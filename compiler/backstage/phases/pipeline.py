@@ -82,21 +82,30 @@ def compile_checked(checked: Checked, restarts: Mapping[str, int] | None = None,
                     memo: render_phase.Memo | None = None) -> Compiled:
     """Render and assemble; `memo` holds an earlier build's template output to reuse where the inputs
     are the same."""
+    return assemble_checked(checked, render_checked(checked, restarts, memo))
+
+
+def render_checked(checked: Checked, restarts: Mapping[str, int] | None = None,
+                   memo: render_phase.Memo | None = None) -> dict[str, File]:
+    """Every file of the artifact but the agent and the manifest."""
     from . import render
 
     production = checked.production
     if production.fleet is None:
-        rendered = render.render(production, checked.graph, restarts, memo)
-    else:  # one artifact of each host's own, and the fleet's plan and DNS
-        from . import model
+        return render.render(production, checked.graph, restarts, memo)
+    from . import model  # one artifact of each host's own, and the fleet's plan and DNS
 
-        rendered = render.fleet(production)
-        for host in production.fleet.hosts:
-            own = artifact.assemble(production.name, render.render(model.on_host(production, host.name),
-                                                                   checked.graph, restarts, memo), checked.input_hash)
-            inner = f"{contract.HOSTS}/{host.name}/{artifact.name(production.name, own)}"
-            rendered.update((f"{inner}/{rel}", file) for rel, file in own.items())
-    files = artifact.assemble(production.name, rendered, checked.input_hash)
+    rendered = render.fleet(production)
+    for host in production.fleet.hosts:
+        own = artifact.assemble(production.name, render.render(model.on_host(production, host.name),
+                                                               checked.graph, restarts, memo), checked.input_hash)
+        inner = f"{contract.HOSTS}/{host.name}/{artifact.name(production.name, own)}"
+        rendered.update((f"{inner}/{rel}", file) for rel, file in own.items())
+    return rendered
+
+
+def assemble_checked(checked: Checked, rendered: dict[str, File]) -> Compiled:
+    files = artifact.assemble(checked.production.name, rendered, checked.input_hash)
     return Compiled(checked.production, checked.graph, files, artifact.name(checked.production.name, files),
                     checked.input_hash)
 
@@ -130,9 +139,11 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
         raise UnknownSess(f"{path}: no sess named {', '.join(unknown)} (known: "
                           f"{', '.join(sorted(checked.production.sesses)) or 'none'})")
     memo = artifact.earlier_renders(out)
-    compiled = compile_checked(checked, counts, memo)
-    written = artifact.write(compiled.files, out, compiled.name)
-    artifact.keep_renders(out, memo)
+    rendered = render_checked(checked, counts, memo)
+    # The rendered files and the memo may be written (by a child) while the manifest is made here.
+    with artifact.Writer(out, rendered, memo) as writer:
+        compiled = assemble_checked(checked, rendered)
+        written = writer.finish(compiled.files, compiled.name)
     built = artifact.Built(written, compiled.summary, cached=False, rendered=memo.rendered, reused=memo.reused)
     # Remembered only if what the build read besides the file (taken before reading) is unchanged now:
     # a source edited during the build is then seen by the next one.
