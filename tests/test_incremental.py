@@ -208,7 +208,7 @@ def test_files_written_by_a_child_are_the_artifact_a_serial_build_writes(
     assert _leftovers(out) == []
     source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))
     commented = pipeline.build(source, out)
-    assert commented.rendered == 0  # the child kept the memo
+    assert commented.rendered == 0  # the memo was kept
     for record in (out / ".cache").iterdir():  # forget the no-op answer: the same input builds again...
         if record.name != artifact.RENDERS:
             record.unlink()

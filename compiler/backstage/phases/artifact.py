@@ -64,10 +64,10 @@ class Writer:
     the manifest, renamed into place as outdir/<name> like `write`.
 
     With OVERLAP_FROM rendered files or more (and a second CPU, and no other thread), a forked child
-    writes the rendered files into a temporary directory and keeps the memo while this process makes the
-    manifest, which needs none of it written. If the child fails in any way, `finish` writes everything
-    here instead; the bytes written are the same either way. An error or Ctrl-C here waits for the child
-    (it only writes files) and removes the temporary directory."""
+    writes the rendered files into a temporary directory while this process makes the manifest (which
+    needs none of them written) and keeps the memo. If the child fails in any way, `finish` writes
+    everything here instead; the bytes written are the same either way. An error or Ctrl-C here waits
+    for the child (it only writes files) and removes the temporary directory."""
 
     def __init__(self, outdir: Path, rendered: dict[str, File], memo: Memo) -> None:
         self.outdir, self.rendered, self.memo = outdir, rendered, memo
@@ -85,7 +85,6 @@ class Writer:
             try:
                 files.write_tree(self.tmp, ((rel, f.mode, f.content) for rel, f in self.rendered.items()),
                                  seal_base=False)
-                keep_renders(self.outdir, self.memo)
                 code = 0
             finally:
                 os._exit(code)
@@ -101,12 +100,14 @@ class Writer:
 
     def finish(self, tree: dict[str, File], dirname: str) -> Path:
         """The artifact outdir/`dirname`, holding `tree`: the rendered files and the agent and manifest."""
-        written = self._wait()
-        if self.tmp is None or not written:
-            self._discard()
+        if self.tmp is None:
             final = write(tree, self.outdir, dirname)
             keep_renders(self.outdir, self.memo)
             return final
+        keep_renders(self.outdir, self.memo)  # while the child is still writing
+        if not self._wait():
+            self._discard()
+            return write(tree, self.outdir, dirname)
         tmp, self.tmp = self.tmp, None
         try:
             rest = {rel: f for rel, f in tree.items() if rel not in self.rendered}
