@@ -244,3 +244,15 @@ def test_an_interrupted_build_leaves_no_temporary_tree_and_no_child(
         pipeline.build(source, tmp_path / "out")
     assert len(overlapped) == FORKS + 1 and _reaped(overlapped)
     assert _leftovers(tmp_path / "out") == [] and not (tmp_path / "out" / "result").exists()
+
+
+def test_a_build_that_cannot_fork_does_it_all_itself(
+        production: str, tmp_path: Path, overlapped: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(render.os, "fork", no_fork)
+    source = tmp_path / "production.toml"
+    source.write_text(production)
+    built = pipeline.build(source, tmp_path / "out")
+    assert tree(built.path) == {rel: f.content for rel, f in _serial(production, monkeypatch).files.items()}
+    assert _leftovers(tmp_path / "out") == []

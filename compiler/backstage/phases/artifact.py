@@ -79,7 +79,11 @@ class Writer:
             return self
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.outdir))
-        self.child = os.fork()
+        try:
+            self.child = os.fork()
+        except OSError:  # no process to spare: `finish` writes everything here
+            self._discard()
+            return self
         if self.child == 0:  # the child: never returns, never runs the parent's cleanup
             code = 1
             try:

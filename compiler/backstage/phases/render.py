@@ -411,7 +411,12 @@ def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Me
     mine, theirs = items[: len(items) // 2], items[len(items) // 2:]
     known, counts = set(memo.now), (memo.rendered, memo.reused)
     reader, writer = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to spare: all of them here
+        os.close(reader)
+        os.close(writer)
+        return [work(item) for item in items]
     if pid == 0:  # the child: never returns, never runs the parent's cleanup
         code = 1
         try:
