@@ -97,6 +97,11 @@ class InputError(Exception):
         super().__init__("\n".join(str(d) for d in self.diagnostics))
 
 
+class HandoffError(Exception):
+    """The artifact or the production's state cannot be handed to an agent; nothing was changed (the CLI
+    prints it in one line and exits 1, as for an InputError)."""
+
+
 def _visible(text: str) -> str:
     """Input echoed in a message must not forge lines or drive the terminal: escape what is not printable."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -11,17 +11,16 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
 from .. import __version__, contract
-from ..errors import InputError, diagnostics_json
-from . import handoff
+from ..errors import HandoffError, InputError, diagnostics_json
 
-# Verbs import the phases they need: `build` of unchanged input must not pay for jsonschema or networkx.
+# Verbs import the phases they need: `build` of unchanged input must not pay for jsonschema or networkx,
+# nor any verb but those that run an agent for the handoff (subprocess, the agent's trust checks).
 
 EXIT_INPUT = 1
 EXIT_USAGE = 2
@@ -64,6 +63,8 @@ def _graph(args: argparse.Namespace) -> int:
         return 0
     if not shutil.which("dot"):
         raise UsageError("--format svg needs Graphviz's `dot` on PATH (Debian: apt-get install graphviz)")
+    import subprocess
+
     svg = subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True, check=True).stdout
     sys.stdout.buffer.write(svg)
     return 0
@@ -120,7 +121,7 @@ def _diff(args: argparse.Namespace) -> int:
     try:
         result = review.diff(review.load(Path(args.old)), review.load(Path(args.new)))
     except contract.ContractError as exc:
-        raise handoff.HandoffError(f"cannot compare: {exc}") from None
+        raise HandoffError(f"cannot compare: {exc}") from None
     sys.stdout.write(json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False) + "\n" if args.json
                      else review.text(result))
     return 0
@@ -142,7 +143,7 @@ def _route(args: argparse.Namespace) -> int:
     except route.RouteError as exc:
         raise UsageError(str(exc)) from None
     except contract.ContractError as exc:
-        raise handoff.HandoffError(f"cannot route: {exc}") from None
+        raise HandoffError(f"cannot route: {exc}") from None
     sys.stdout.write(route.dumps(document) if args.json else "\n".join(lines) + "\n")
     return 0
 
@@ -166,12 +167,12 @@ def _saved_plan(path: str, artifact: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"--plan {path}: {exc}") from None
     if name != artifact.name:
-        raise handoff.HandoffError(f"refusing to apply: the plan {path} is for {name}, not {artifact.name}")
+        raise HandoffError(f"refusing to apply: the plan {path} is for {name}, not {artifact.name}")
     return live
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from . import fleet  # only productions on several hosts need Ansible's side
+    from . import fleet, handoff  # fleet: only productions on several hosts need Ansible's side
 
     target = Path(args.artifact)
     if target.is_file():  # a production file: build it here first, as `build` would
@@ -190,7 +191,7 @@ def _apply(args: argparse.Namespace) -> int:
             return fleet.apply(target, _timeouts(args), dry_run=args.dry_run, atomic=args.atomic, force=args.force,
                                keep=args.keep_ansible)
         except (fleet.FleetError, contract.ContractError) as exc:
-            raise handoff.HandoffError(f"refusing to roll out: {exc}") from None
+            raise HandoffError(f"refusing to roll out: {exc}") from None
     if args.atomic:
         raise UsageError("--atomic applies to a production on several hosts ([hosts])")
     extra = (["--dry-run"] if args.dry_run else []) + (["--force"] if args.force else [])
@@ -208,6 +209,7 @@ def _build_for_apply(production: Path, restart: list[str], output: str) -> Path:
     """Build a production file into `output` for apply, carrying the live generation's restart counts
     (so a Sess restarted before is not started anew again) and counting one more for each `restart`."""
     from ..phases import pipeline
+    from . import handoff
 
     counts = handoff.live_restarts(handoff.state_dir(production))
     for sess in restart:
@@ -241,10 +243,12 @@ def _on_fleet(args: argparse.Namespace, verb: str, agent_args: list[str]) -> int
     try:
         return fleet.verb_on_hosts(plan, verb, agent_args)
     except fleet.FleetError as exc:
-        raise handoff.HandoffError(str(exc)) from None
+        raise HandoffError(str(exc)) from None
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from . import handoff
+
     extra = ((["--to", args.to] if args.to else []) + (["--dry-run"] if args.dry_run else [])
              + (["--force"] if args.force else []))
     on_fleet = _on_fleet(args, "rollback", [*extra, *_timeouts(args)])
@@ -255,12 +259,16 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
+    from . import handoff
+
     script = handoff.installer(handoff.state_dir(args.production))
     extra = ["--force"] if args.force else []
     return _installer_exit(handoff.run_installer(script, "renew", *extra, f"--drain-timeout={args.drain_timeout}"))
 
 
 def _generations(args: argparse.Namespace) -> int:
+    from . import handoff
+
     on_fleet = _on_fleet(args, "generations", [])
     if on_fleet is not None:
         return on_fleet
@@ -269,6 +277,8 @@ def _generations(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
+    from . import handoff
+
     if args.keep < 1:
         raise UsageError("--keep must be at least 1")
     on_fleet = _on_fleet(args, "gc", [f"--keep={args.keep}"])
@@ -405,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(diagnostic, file=sys.stderr)
             print(f"backstage: {len(exc.diagnostics)} error(s); nothing was written", file=sys.stderr)
         return EXIT_INPUT
-    except handoff.HandoffError as exc:
+    except HandoffError as exc:
         print(f"backstage: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except UsageError as exc:

@@ -19,11 +19,8 @@ from .. import contract
 from ..agent import trust
 from ..agent.outcomes import Refused
 from ..agent.state import INCOMING
+from ..errors import HandoffError
 from ..files import remove_tree
-
-
-class HandoffError(Exception):
-    """The artifact or the production's state cannot be handed to an agent; nothing was changed."""
 
 
 def _cannot_copy(parent: Path, exc: OSError) -> HandoffError:

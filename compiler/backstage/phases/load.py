@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +91,8 @@ def load_bytes(raw: bytes, name: str) -> Loaded:
     fast = parse_fast(text)
     if fast is not None:
         return Loaded(fast, Source(name, text), hashlib.sha256(raw).hexdigest())
+    import tomllib  # the reporting parser, imported only when rtoml did not read the file
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -186,6 +187,8 @@ class _KeyScanner:
 
     def scan_until(self, wanted: KeyPath) -> dict[KeyPath, tuple[int, int]]:
         """Scan on from where the last call stopped, until `wanted` is placed or the text ends."""
+        import tomllib  # the scanner only runs to place an error
+
         while wanted not in self.positions and self._skip_blank(newlines=True):
             try:
                 if self.text[self.i] == "[":
@@ -240,6 +243,8 @@ class _KeyScanner:
         self._value(keys)
 
     def _dotted_key(self) -> KeyPath:
+        import tomllib
+
         keys: list[str] = []
         while True:
             self._skip_blank(newlines=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +175,8 @@ def _walk(root: Path) -> Iterator[str]:
 
 def _git_files(root: Path) -> list[str] | None:
     """The files of root that git does not ignore (tracked and untracked), if root is in a work tree."""
+    import subprocess  # only an Act with `source` needs it
+
     try:
         inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
                                 capture_output=True, text=True, check=False, timeout=60)
