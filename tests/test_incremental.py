@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,9 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """render.PARALLEL_FROM lowered so that the 300-Gig production forks; the children's pids."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.fail("these tests need two CPUs: with one, render never forks")
+    # Other tests leave idle server threads in this process, which would rightly stop a fork; these
+    # builds' children touch no lock those threads use. test_no_fork_beside_another_thread checks the rule.
+    monkeypatch.setattr(render, "may_fork", lambda: True)
     monkeypatch.setattr(render, "PARALLEL_FROM", 2)
     children: list[int] = []
     fork = os.fork
@@ -256,3 +260,26 @@ def test_a_build_that_cannot_fork_does_it_all_itself(
     built = pipeline.build(source, tmp_path / "out")
     assert tree(built.path) == {rel: f.content for rel, f in _serial(production, monkeypatch).files.items()}
     assert _leftovers(tmp_path / "out") == []
+
+
+def test_no_fork_beside_another_thread(production: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library caller with threads gets the serial build: a fork would copy only the calling thread."""
+    monkeypatch.setattr(render, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(artifact, "OVERLAP_FROM", 2)
+    forked: list[int] = []
+    fork = os.fork
+
+    def recorded() -> int:
+        forked.append(1)
+        return fork()
+    monkeypatch.setattr(render.os, "fork", recorded)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not render.may_fork()
+        pipeline.compile_bytes(production.encode())
+    finally:
+        stop.set()
+        other.join()
+    assert forked == []

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -75,7 +74,9 @@ class Writer:
         self.tmp: Path | None = None
 
     def __enter__(self) -> Writer:
-        if len(self.rendered) < OVERLAP_FROM or len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1:
+        from .render import may_fork
+
+        if len(self.rendered) < OVERLAP_FROM or not may_fork():
             return self
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.outdir))

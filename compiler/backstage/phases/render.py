@@ -400,13 +400,19 @@ PARALLEL_FROM = 400  # from this many files of a kind on, a second process rende
 _Result = TypeVar("_Result")
 
 
+def may_fork() -> bool:
+    """Whether a second process would help and is safe: a second CPU, and no other thread (a fork copies
+    only the calling thread, so a lock another thread held would stay held in the child)."""
+    return len(os.sched_getaffinity(0)) > 1 and threading.active_count() == 1
+
+
 def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Memo) -> list[_Result]:
     """[work(item) for item in items], the second half done by a forked child when there are
     PARALLEL_FROM items or more (and a second CPU, and no other thread to fork away from). `work` must
     depend on nothing the other items' work changes but the memo. The child sends back its results and
     what it added to the memo; if it fails in any way, this process does its half itself. Either way the
     results are the same: rendering is a pure function of the model."""
-    if len(items) < PARALLEL_FROM or len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1:
+    if len(items) < PARALLEL_FROM or not may_fork():
         return [work(item) for item in items]
     mine, theirs = items[: len(items) // 2], items[len(items) // 2:]
     known, counts = set(memo.now), (memo.rendered, memo.reused)
