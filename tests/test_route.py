@@ -26,7 +26,7 @@ import pytest
 from backstage import contract
 from backstage.cli import route as route_cli
 from backstage.errors import InputError
-from backstage.nginxroute import Answer, Request, Server, route
+from backstage.nginxroute import Answer, Request, Server, parse, route
 from backstage.phases import pipeline
 from conftest import EXAMPLES, require_binary, run_cli
 from hypothesis import given, settings
@@ -501,3 +501,30 @@ def test_an_ipv6_connection_meets_no_ipv4_wildcard() -> None:
     assert [(a["outcome"], a["connect"]) for a in document["answers"]] == [("refused", "[::1]:80")]
     bad = run_cli("route", "http://example.com/", str(production), "--address", "nope")
     assert bad.code == 2 and "give an IP address" in bad.err
+
+
+def test_slash_sorts_lowest_in_the_location_tree() -> None:
+    """nginx orders locations (and searches their tree) with '/' below every other byte, so /a/ sorts
+    before /a-/, and /a (one slash short of /a/, which passes upstream) is redirected to /a/. Found by
+    the comparison with nginx above; a plain byte order routed /a to the / location."""
+    conf = """
+server {
+    listen 8080;
+    server_name a.test;
+    location / { uwsgi_pass unix:/run/root.sock; }
+    location /.w/ { alias /srv/w/; }
+    location /a-/ { uwsgi_pass unix:/run/dash.sock; }
+    location /a-/.w/ { alias /srv/w/; }
+    location /a/ { uwsgi_pass unix:/run/a.sock; }
+    location /a/.w/ { alias /srv/w/; }
+}
+"""
+    servers = parse(conf, "t.conf")
+
+    def answer(target: str) -> Answer:
+        return route(servers, Request("http", "a.test", "127.0.0.1", 8080, target))
+    moved = answer("/a")
+    assert (moved.outcome, moved.location_header) == ("redirect", "http://a.test:8080/a/"), moved
+    assert answer("/a/x").upstream == "unix:/run/a.sock"
+    assert answer("/a-/x").upstream == "unix:/run/dash.sock"
+    assert answer("/b").upstream == "unix:/run/root.sock"

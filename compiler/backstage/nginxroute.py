@@ -220,10 +220,19 @@ class Level:
     regexes: list[Location]
 
 
+# ngx_filename_cmp, which both sorts the locations and searches their tree, orders bytes with '/' as
+# the lowest of all ("we need '/' to be the lowest character"): /a/ comes before /a-/.
+_SLASH_LOWEST = bytes.maketrans(b"/", b"\x00")
+
+
+def _filename(name: str) -> bytes:
+    return name.encode("latin-1", "replace").translate(_SLASH_LOWEST)
+
+
 def _sort_key(location: Location) -> tuple[bytes, int]:
-    # ngx_http_cmp_locations: byte order over min(len)+1 bytes (a shorter prefix first), and an
+    # ngx_http_cmp_locations: ngx_filename_cmp over min(len)+1 bytes (a shorter prefix first), and an
     # exact match before the inclusive one of the same name.
-    return location.name.encode("latin-1", "replace"), 0 if location.modifier == "=" else 1
+    return _filename(location.name), 0 if location.modifier == "=" else 1
 
 
 def _level(locations: list[Location]) -> Level:
@@ -284,7 +293,7 @@ def _find_static(node: _Node | None, uri: bytes) -> tuple[str, Location | None]:
     """ngx_http_core_find_static_location, step by step."""
     found: tuple[str, Location | None] = (DECLINED, None)
     while node is not None:
-        name = node.name.encode("latin-1", "replace")
+        name = _filename(node.name)
         n = min(len(uri), len(name))
         if uri[:n] != name[:n]:
             node = node.left if uri[:n] < name[:n] else node.right
@@ -308,8 +317,7 @@ def _find_static(node: _Node | None, uri: bytes) -> tuple[str, Location | None]:
 
 def find_location(level: Level, uri: str) -> tuple[str, Location | None]:
     """ngx_http_core_find_location: (OK | DONE | AGAIN | DECLINED, the location)."""
-    raw = uri.encode("latin-1", "replace")
-    rc, location = _find_static(level.tree, raw)
+    rc, location = _find_static(level.tree, _filename(uri))
     noregex = False
     if rc == AGAIN and location is not None and location.level is not None:
         noregex = location.modifier == "^~"
