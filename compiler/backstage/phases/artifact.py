@@ -74,25 +74,16 @@ class Writer:
         self.tmp: Path | None = None
 
     def __enter__(self) -> Writer:
-        from .render import may_fork
+        from .render import fork_child, may_fork
 
         if len(self.rendered) < OVERLAP_FROM or not may_fork():
             return self
         self.outdir.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.outdir))
-        try:
-            self.child = os.fork()
-        except OSError:  # no process to spare: `finish` writes everything here
+        tmp = self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.outdir))
+        self.child = fork_child(lambda: files.write_tree(
+            tmp, ((rel, f.mode, f.content) for rel, f in self.rendered.items()), seal_base=False)) or 0
+        if not self.child:  # no process to spare: `finish` writes everything here
             self._discard()
-            return self
-        if self.child == 0:  # the child: never returns, never runs the parent's cleanup
-            code = 1
-            try:
-                files.write_tree(self.tmp, ((rel, f.mode, f.content) for rel, f in self.rendered.items()),
-                                 seal_base=False)
-                code = 0
-            finally:
-                os._exit(code)
         return self
 
     def _wait(self) -> bool:

@@ -406,6 +406,24 @@ def may_fork() -> bool:
     return len(os.sched_getaffinity(0)) > 1 and threading.active_count() == 1
 
 
+def fork_child(work: Callable[[], None]) -> int | None:
+    """Run `work()` in a forked child, which exits 0 if it returned and 1 if it raised, never returning
+    here nor running this process's cleanup. The child's pid (0 is never returned), or None when no
+    process could be made (EAGAIN, ENOMEM): then the caller does the work itself."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        return pid
+    code = 1
+    try:
+        work()
+        code = 0
+    finally:
+        os._exit(code)
+
+
 def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Memo) -> list[_Result]:
     """[work(item) for item in items], the second half done by a forked child when there are
     PARALLEL_FROM items or more (and a second CPU, and no other thread to fork away from). `work` must
@@ -417,24 +435,19 @@ def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Me
     mine, theirs = items[: len(items) // 2], items[len(items) // 2:]
     known, counts = set(memo.now), (memo.rendered, memo.reused)
     reader, writer = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:  # no process to spare: all of them here
+
+    def child() -> None:
         os.close(reader)
-        os.close(writer)
-        return [work(item) for item in items]
-    if pid == 0:  # the child: never returns, never runs the parent's cleanup
-        code = 1
-        try:
-            os.close(reader)
-            results = [work(item) for item in theirs]
-            added = {key: chunks for key, chunks in memo.now.items() if key not in known}
-            with open(writer, "wb") as out:
-                pickle.dump((results, added, memo.rendered - counts[0], memo.reused - counts[1]), out, 5)
-            code = 0
-        finally:
-            os._exit(code)
+        results = [work(item) for item in theirs]
+        added = {key: chunks for key, chunks in memo.now.items() if key not in known}
+        with open(writer, "wb") as out:
+            pickle.dump((results, added, memo.rendered - counts[0], memo.reused - counts[1]), out, 5)
+
+    pid = fork_child(child)
     os.close(writer)
+    if pid is None:  # no process to spare: all of them here
+        os.close(reader)
+        return [work(item) for item in items]
     with open(reader, "rb") as back:
         try:
             done = [work(item) for item in mine]
