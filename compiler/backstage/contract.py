@@ -294,7 +294,7 @@ _JSON_LAYOUT: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]
 def zone_json(zone: str, rrsets: Iterable[RRset]) -> bytes:
     """dns/<zone>.json: the zone and its RRsets sorted by name and type, one per line."""
     ordered = sorted(rrsets, key=lambda r: (r.name, r.type))
-    return _lines_json({"rrsets": [plain(r) for r in ordered], "zone": zone})
+    return _lines_json({"rrsets": ordered, "zone": zone})
 
 
 def read_zone(raw: bytes) -> tuple[str, tuple[RRset, ...]]:
