@@ -92,7 +92,7 @@ def test_a_memo_from_another_compiler_is_not_used(production: str, tmp_path: Pat
     kept = json.loads(memo.read_text())
     kept["compiler"] = "0" + kept["compiler"][1:]
     memo.write_text(json.dumps(kept))
-    source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))
+    source.write_text(_commented(production))
     again = pipeline.build(source, out)
     assert again.reused == 0
 
@@ -111,6 +111,11 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     # builds' children touch no lock those threads use. test_no_fork_beside_another_thread checks the rule.
     monkeypatch.setattr(render, "may_fork", lambda: True)
     monkeypatch.setattr(render, "PARALLEL_FROM", 2)
+    return _record_forks(monkeypatch)
+
+
+def _record_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """os.fork, recording each child's pid (in the parent) in the list returned."""
     children: list[int] = []
     fork = os.fork
 
@@ -119,7 +124,7 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         if pid:
             children.append(pid)
         return pid
-    monkeypatch.setattr(render.os, "fork", recorded)
+    monkeypatch.setattr(os, "fork", recorded)
     return children
 
 
@@ -127,6 +132,21 @@ def _serial(production: str, monkeypatch: pytest.MonkeyPatch) -> pipeline.Compil
     with monkeypatch.context() as serial:
         serial.setattr(render, "PARALLEL_FROM", 10**9)
         return pipeline.compile_bytes(production.encode())
+
+
+def _contents(compiled: pipeline.Compiled) -> dict[str, bytes]:
+    return {rel: f.content for rel, f in compiled.files.items()}
+
+
+def _source(production: str, tmp_path: Path) -> Path:
+    source = tmp_path / "production.toml"
+    source.write_text(production)
+    return source
+
+
+def _commented(production: str) -> str:
+    """New input bytes (a comment) for the same model: a rebuild that can reuse every render."""
+    return production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1)
 
 
 def _reaped(pids: list[int]) -> bool:
@@ -142,15 +162,13 @@ def _reaped(pids: list[int]) -> bool:
 def test_files_rendered_in_two_processes_are_the_serial_ones(
         production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     """The same artifact, and a memo that a rebuild reuses whole: the child's renders came back."""
-    source = tmp_path / "production.toml"
-    source.write_text(production)
-    out = tmp_path / "out"
+    source, out = _source(production, tmp_path), tmp_path / "out"
     built = pipeline.build(source, out)
     assert len(forks) == FORKS and _reaped(forks)
     serial = _serial(production, monkeypatch)
     assert built.path.name == serial.name
-    assert tree(built.path) == {rel: f.content for rel, f in serial.files.items()}
-    source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))  # new input, same model
+    assert tree(built.path) == _contents(serial)
+    source.write_text(_commented(production))
     again = pipeline.build(source, out)
     assert len(forks) == 2 * FORKS and _reaped(forks)
     assert (again.rendered, again.reused) == (0, built.rendered), (again.rendered, again.reused)
@@ -190,7 +208,6 @@ def test_a_failure_while_the_child_runs_kills_and_reaps_it(
 def overlapped(monkeypatch: pytest.MonkeyPatch, forks: list[int]) -> list[int]:
     """artifact.OVERLAP_FROM lowered so that the 300-Gig production's files are written by a child."""
     monkeypatch.setattr(artifact, "OVERLAP_FROM", 2)
-    monkeypatch.setattr(artifact.os, "fork", render.os.fork)  # the same recording fork (one os module)
     return forks
 
 
@@ -200,17 +217,15 @@ def _leftovers(out: Path) -> list[str]:
 
 def test_files_written_by_a_child_are_the_artifact_a_serial_build_writes(
         production: str, tmp_path: Path, overlapped: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
-    source = tmp_path / "production.toml"
-    source.write_text(production)
-    out = tmp_path / "out"
+    source, out = _source(production, tmp_path), tmp_path / "out"
     built = pipeline.build(source, out)
     assert len(overlapped) == FORKS + 1 and _reaped(overlapped)
     serial = _serial(production, monkeypatch)
-    assert built.path.name == serial.name and tree(built.path) == {rel: f.content for rel, f in serial.files.items()}
+    assert built.path.name == serial.name and tree(built.path) == _contents(serial)
     contract.verify(built.path)  # modes too: every file's is the manifest's
     assert all(oct(d.stat().st_mode & 0o777) == "0o555" for d in [built.path, *built.path.rglob("*")] if d.is_dir())
     assert _leftovers(out) == []
-    source.write_text(production.replace("\n[gigs.", "\n# a comment\n[gigs.", 1))
+    source.write_text(_commented(production))
     commented = pipeline.build(source, out)
     assert commented.rendered == 0  # the memo was kept
     for record in (out / ".cache").iterdir():  # forget the no-op answer: the same input builds again...
@@ -229,11 +244,9 @@ def test_a_writer_child_that_fails_is_replaced_by_writing_here(
             raise OSError(28, "No space left on device")
         write_tree(*args, **kwargs)  # type: ignore[arg-type]
     monkeypatch.setattr(files, "write_tree", full_disk)
-    source = tmp_path / "production.toml"
-    source.write_text(production)
-    built = pipeline.build(source, tmp_path / "out")
+    built = pipeline.build(_source(production, tmp_path), tmp_path / "out")
     assert _reaped(overlapped) and _leftovers(tmp_path / "out") == []
-    assert tree(built.path) == {rel: f.content for rel, f in _serial(production, monkeypatch).files.items()}
+    assert tree(built.path) == _contents(_serial(production, monkeypatch))
     assert (tmp_path / "out" / ".cache" / artifact.RENDERS).is_file()  # kept here instead
 
 
@@ -242,10 +255,8 @@ def test_an_interrupted_build_leaves_no_temporary_tree_and_no_child(
     def interrupted(*args: object) -> object:
         raise KeyboardInterrupt
     monkeypatch.setattr(artifact, "assemble", interrupted)
-    source = tmp_path / "production.toml"
-    source.write_text(production)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.build(source, tmp_path / "out")
+        pipeline.build(_source(production, tmp_path), tmp_path / "out")
     assert len(overlapped) == FORKS + 1 and _reaped(overlapped)
     assert _leftovers(tmp_path / "out") == [] and not (tmp_path / "out" / "result").exists()
 
@@ -254,11 +265,9 @@ def test_a_build_that_cannot_fork_does_it_all_itself(
         production: str, tmp_path: Path, overlapped: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     def no_fork() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
-    monkeypatch.setattr(render.os, "fork", no_fork)
-    source = tmp_path / "production.toml"
-    source.write_text(production)
-    built = pipeline.build(source, tmp_path / "out")
-    assert tree(built.path) == {rel: f.content for rel, f in _serial(production, monkeypatch).files.items()}
+    monkeypatch.setattr(os, "fork", no_fork)
+    built = pipeline.build(_source(production, tmp_path), tmp_path / "out")
+    assert tree(built.path) == _contents(_serial(production, monkeypatch))
     assert _leftovers(tmp_path / "out") == []
 
 
@@ -266,13 +275,7 @@ def test_no_fork_beside_another_thread(production: str, monkeypatch: pytest.Monk
     """A library caller with threads gets the serial build: a fork would copy only the calling thread."""
     monkeypatch.setattr(render, "PARALLEL_FROM", 2)
     monkeypatch.setattr(artifact, "OVERLAP_FROM", 2)
-    forked: list[int] = []
-    fork = os.fork
-
-    def recorded() -> int:
-        forked.append(1)
-        return fork()
-    monkeypatch.setattr(render.os, "fork", recorded)
+    forked = _record_forks(monkeypatch)
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
