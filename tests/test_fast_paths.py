@@ -206,3 +206,20 @@ def test_direct_json_is_the_encoders(value: _Outer) -> None:
         assert contract._json(item) == json.dumps(contract.plain(item), sort_keys=True)
     if value.ratio == value.ratio:  # NaN is not equal to itself
         assert json.loads(lines) == data
+
+
+_PATHS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT, _TEXT, _TEXT, st.dictionaries(_PATHS, st.tuples(st.sampled_from([0o444, 0o555, 0o644, 0]),
+                                                               st.binary(max_size=40)), max_size=6))
+def test_manifest_written_directly_is_the_manifests(version: str, production: str, input_hash: str,
+                                                    found: dict[str, tuple[int, bytes]]) -> None:
+    """artifact writes the manifest's bytes without its FileEntry objects: they must be the Manifest's own,
+    for any paths (quotes, control and non-ASCII characters), modes, contents and no files at all."""
+    files = [(path, mode, content) for path, (mode, content) in found.items()]
+    want = contract.manifest_for(version, production, input_hash, files).to_json()
+    assert contract.manifest_json(version, production, input_hash, reversed(files)) == want
+    assert contract.Manifest.from_json(want).files == contract.manifest_for(version, production, input_hash,
+                                                                            files).files

@@ -33,9 +33,8 @@ def assemble(production: str, rendered: dict[str, File], input_hash: str) -> dic
     """The artifact's files: what render made, the agent, and the manifest listing them all."""
     tree = dict(rendered)
     tree[contract.AGENT] = File(agentzip.payload(), READ_ONLY)
-    manifest = contract.manifest_for(__version__, production, input_hash,
-                                     ((path, f.mode, f.content) for path, f in tree.items()))
-    tree[contract.MANIFEST] = File(manifest.to_json())
+    tree[contract.MANIFEST] = File(contract.manifest_json(__version__, production, input_hash,
+                                                          ((path, f.mode, f.content) for path, f in tree.items())))
     return dict(sorted(tree.items()))
 
 
@@ -210,5 +209,9 @@ def _keep(outdir: Path, name: str, text: str) -> None:
     entry = _cache_file(outdir, name)
     entry.parent.mkdir(exist_ok=True)
     tmp = entry.with_name(f".{name}.{os.getpid()}")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, entry)
+    try:
+        tmp.write_text(text, "utf-8")
+        os.replace(tmp, entry)
+    except BaseException:  # a full disk, or Ctrl-C: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
