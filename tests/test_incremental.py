@@ -99,7 +99,7 @@ def test_a_memo_from_another_compiler_is_not_used(production: str, tmp_path: Pat
 
 # ------------------------------------------------------------------ files rendered by a second process
 
-FORKS = 2  # children per build: one for half the vassals that need no other Sess, one for half the servers
+FORKS = 3  # children per build: half the vassals that need no other Sess, the plan, half the servers
 
 
 @pytest.fixture

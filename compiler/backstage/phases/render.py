@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .. import contract, targets
 from ..targets import entry
@@ -167,12 +167,21 @@ def render(production: Production, graph: graphs.Graph, restarts: Mapping[str, i
         files[f"{_entry_files(name)}/{entry.ENTRY}"] = File(entry.entry_point())
         files[f"{_entry_files(name)}/{entry.ENVIRONMENT}"] = File(rendered.environment_file)
     addresses = {name: v for name, (v, _, _) in vassals.items()}
+    environments = {name: rendered for name, (_, _, rendered) in vassals.items()}
     booked: dict[str, list[Gig]] = {name: [] for name in production.venues}
     for gig in production.gigs.values():
         booked[gig.venue].append(gig)
     venues = list(booked)
-    texts = _in_two_processes(venues, lambda name: _render_venue(production, name, booked[name], addresses, stores,
-                                                                 memo), memo)
+
+    def planned() -> bytes:
+        return plan(production, hosts, addresses, stores, environments, restarts or {}).to_json()
+
+    # The plan needs every vassal and no server: a child of its own writes it while the servers render.
+    with _Child(planned, len(vassals) >= PARALLEL_FROM) as planning:
+        texts = _in_two_processes(venues, lambda name: _render_venue(production, name, booked[name], addresses,
+                                                                     stores, memo), memo)
+        sent = planning.result()
+    files[contract.PLAN] = File(planned() if sent is None else sent)
     files.update((f"nginx/{name}.conf", File(text)) for name, text in zip(venues, texts, strict=True))
     for venue in production.venues.values():
         if venue.tls and venue.tls.acme:
@@ -183,8 +192,6 @@ def render(production: Production, graph: graphs.Graph, restarts: Mapping[str, i
     include = targets.template("nginx", "include.conf.j2").render(
         production=production.name, pattern=layout.in_dir(production.state_dir, "current/nginx/*.conf"))
     files["include.conf"] = File(include.encode())
-    environments = {name: rendered for name, (_, _, rendered) in vassals.items()}
-    files[contract.PLAN] = File(plan(production, hosts, addresses, stores, environments, restarts or {}).to_json())
     pythons = sorted({layout.in_dir(stage.virtualenv, "bin/python3") if stage.virtualenv else str(stage.python)
                       for stage in production.stages.values()})
     script = targets.template("shell", "install.sh.j2").render(production=production.name,
@@ -424,42 +431,78 @@ def fork_child(work: Callable[[], None]) -> int | None:
         os._exit(code)
 
 
+class _Child(Generic[_Result]):
+    """`work()` in a forked child (if `fork`, and a process can be made) while this process goes on; the
+    child sends its result back pickled, through a pipe. Leaving the `with` block, by an error or Ctrl-C
+    too, kills the child if it still runs and reaps it."""
+
+    def __init__(self, work: Callable[[], _Result], fork: bool = True) -> None:
+        self.pid: int | None = None
+        self.reader = -1
+        if not (fork and may_fork()):
+            return
+        reader, writer = os.pipe()
+
+        def child() -> None:
+            os.close(reader)
+            result = work()
+            with open(writer, "wb") as out:
+                pickle.dump(result, out, 5)
+
+        self.pid = fork_child(child)
+        os.close(writer)
+        if self.pid is None:  # no process to spare
+            os.close(reader)
+        else:
+            self.reader = reader
+
+    def __enter__(self) -> _Child[_Result]:
+        return self
+
+    def result(self) -> _Result | None:
+        """The child's result; None if there was no child or it failed in any way (the caller then does
+        the work itself)."""
+        if self.pid is None:
+            return None
+        reader, self.reader = self.reader, -1
+        with open(reader, "rb") as back:  # closed here, whatever happens
+            sent = back.read()
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        return pickle.loads(sent) if status == 0 and sent else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pid is not None:  # the block ended before result(): the child goes, even if blocked on a full pipe
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = None
+        if self.reader >= 0:
+            os.close(self.reader)
+            self.reader = -1
+
+
 def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Memo) -> list[_Result]:
     """[work(item) for item in items], the second half done by a forked child when there are
     PARALLEL_FROM items or more (and a second CPU, and no other thread to fork away from). `work` must
     depend on nothing the other items' work changes but the memo. The child sends back its results and
     what it added to the memo; if it fails in any way, this process does its half itself. Either way the
     results are the same: rendering is a pure function of the model."""
-    if len(items) < PARALLEL_FROM or not may_fork():
-        return [work(item) for item in items]
     mine, theirs = items[: len(items) // 2], items[len(items) // 2:]
     known, counts = set(memo.now), (memo.rendered, memo.reused)
-    reader, writer = os.pipe()
 
-    def child() -> None:
-        os.close(reader)
+    def child() -> tuple[list[_Result], dict[str, list[str]], int, int]:
         results = [work(item) for item in theirs]
         added = {key: chunks for key, chunks in memo.now.items() if key not in known}
-        with open(writer, "wb") as out:
-            pickle.dump((results, added, memo.rendered - counts[0], memo.reused - counts[1]), out, 5)
+        return results, added, memo.rendered - counts[0], memo.reused - counts[1]
 
-    pid = fork_child(child)
-    os.close(writer)
-    if pid is None:  # no process to spare: all of them here
-        os.close(reader)
-        return [work(item) for item in items]
-    with open(reader, "rb") as back:
-        try:
-            done = [work(item) for item in mine]
-            sent = back.read()
-        except BaseException:  # Ctrl-C included: the child goes too, even if blocked on a full pipe
-            os.kill(pid, signal.SIGKILL)
-            raise
-        finally:
-            _, status = os.waitpid(pid, 0)
-    if status != 0 or not sent:
+    with _Child(child, len(items) >= PARALLEL_FROM) as other:
+        if other.pid is None:
+            return [work(item) for item in items]
+        done = [work(item) for item in mine]
+        sent = other.result()
+    if sent is None:
         return done + [work(item) for item in theirs]
-    results, added, rendered, reused = pickle.loads(sent)
+    results, added, rendered, reused = sent
     if len(results) != len(theirs):
         raise RuntimeError(f"render: the child rendered {len(results)} of {len(theirs)} files")
     memo.now.update(added)
