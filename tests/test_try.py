@@ -17,6 +17,7 @@ import queue
 import re
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import backstage
 from backstage import compile as compile_production
 from backstage.agent import procfs
 from backstage.cli.rehearsal import overlay
@@ -260,7 +262,11 @@ def test_try_without_a_compiled_uwsgi_says_plainly_how_to_get_one(tmp_path: Path
     assert shutil.which("uwsgi", path=path) is None, "this machine has a system-wide uwsgi: the test needs none"
     production = write_production(tmp_path / "production.toml", write_app(tmp_path / "app"), virtualenv=str(venv))
     env = {k: v for k, v in os.environ.items() if k not in ("BACKSTAGE_UWSGI", "VIRTUAL_ENV")}
-    env |= {"PATH": path, "TMPDIR": str(tmp_path)}
+    # That virtualenv sees the base interpreter's packages, not the tests' own virtualenv's: backstage and
+    # what it imports are put on its path (the tests' site-packages hold no uwsgi program, only its module).
+    env |= {"PATH": path, "TMPDIR": str(tmp_path),
+            "PYTHONPATH": os.pathsep.join([str(Path(backstage.__file__).resolve().parent.parent),
+                                           *site.getsitepackages()])}
     command = [str(venv / "bin" / "python"), "-m", "backstage.cli", "try", str(production)]
 
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
