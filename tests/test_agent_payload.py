@@ -13,7 +13,8 @@ from pathlib import Path
 from backstage.phases import agentzip
 
 PACKAGE = Path(agentzip.__file__).resolve().parent.parent
-EXPECTED = {"__main__.py", "backstage/__init__.py", "backstage/contract.py", "backstage/files.py"} | {
+EXPECTED = {"__main__.py", "backstage/__init__.py", "backstage/contract.py", "backstage/files.py",
+            "backstage/timeouts.py"} | {
     f"backstage/agent/{p.name}" for p in (PACKAGE / "agent").glob("*.py")}
 PRINT = "import sys; from backstage.phases import agentzip; sys.stdout.buffer.write(agentzip.payload())"
 

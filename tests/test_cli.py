@@ -6,11 +6,14 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from backstage import contract
 from backstage.files import remove_tree
+from backstage.phases import cache
 from backstage.phases.layout import File
 from conftest import EXAMPLES, REPO, example_cases, run_cli
 
@@ -81,6 +84,35 @@ def test_rebuilding_identical_input_is_a_noop_with_the_same_path(tmp_path: Path)
     assert artifact_dir.stat().st_mtime_ns == before
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("minimal-")] == [artifact_dir.name]
 
+
+
+_IMPORTED = """\
+import sys
+from backstage.cli import main
+code = main(sys.argv[1:])
+print(" ".join(sorted(name for name in sys.modules if name.split(".")[0] in
+                      {"backstage", "jinja2", "jsonschema", "networkx", "tomllib", "subprocess"})))
+sys.exit(code)
+"""
+
+
+def test_each_build_imports_only_what_it_needs(tmp_path: Path) -> None:
+    """A build imports no jsonschema, networkx or tomllib (the fast paths read and check a valid file),
+    and a rebuild of unchanged input none of the phases, contract or Jinja2: the cache answers it."""
+    command = [sys.executable, "-c", _IMPORTED, "build", str(EXAMPLES / "jazzclub" / "production.toml"),
+               "-o", str(tmp_path / "out")]
+    full, unchanged = (subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+                       for _ in range(2))
+    assert {"backstage.phases.render", "jinja2"} <= set(full)
+    assert not {"jsonschema", "networkx", "tomllib"} & {name.split(".")[0] for name in full}, full
+    assert unchanged and "backstage.phases.cache" in unchanged
+    assert not [name for name in unchanged if name.split(".")[0] in {"jinja2", "jsonschema", "networkx", "tomllib"}
+                or name in {"backstage.contract", "backstage.phases.artifact", "backstage.phases.render",
+                            "backstage.phases.check", "backstage.phases.model", "subprocess"}], unchanged
+
+
+def test_the_cache_knows_the_manifest_by_its_contract_name() -> None:
+    assert cache.MANIFEST == contract.MANIFEST
 
 def test_a_changed_input_always_rebuilds(tmp_path: Path) -> None:
     source = tmp_path / "production.toml"

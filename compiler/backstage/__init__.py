@@ -19,10 +19,10 @@ __all__ = ["Built", "Compiled", "Diagnostic", "InputError", "build", "compile"]
 
 if TYPE_CHECKING:
     from .errors import Diagnostic, InputError
-    from .phases.artifact import Built
+    from .phases.cache import Built
     from .phases.pipeline import Compiled, build, compile
 
-_WHERE = {"Built": "phases.artifact", "Compiled": "phases.pipeline", "build": "phases.pipeline",
+_WHERE = {"Built": "phases.cache", "Compiled": "phases.pipeline", "build": "phases.pipeline",
           "compile": "phases.pipeline", "Diagnostic": "errors", "InputError": "errors"}
 
 

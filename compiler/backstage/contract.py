@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from .files import write_tree
+from .timeouts import Timeouts as Timeouts  # re-exported: the agent and the CLI take them from here
+from .timeouts import flag as flag
 
 FORMAT = 2  # 2: Act sources, built Stages, release steps, entry points, secrets and data in the plan; [host].uwsgi
 MANIFEST = "manifest.json"
@@ -590,33 +592,6 @@ def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
-
-
-# ------------------------------------------------------------------------------------------ timeouts
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """How long a switch waits, in seconds; the one place their defaults are stated."""
-
-    ready: float = 60.0  # a new vassal to answer a real request
-    health: float = 15.0  # each Gig to answer through nginx
-    drain: float = 60.0  # old nginx workers to exit before vassals stop
-    lock_wait: float = 300.0  # another apply of the same production to finish
-
-    HELP: ClassVar[dict[str, str]] = {
-        "ready": "how long a new vassal may take to answer",
-        "health": "how long each Gig may take to answer through nginx",
-        "drain": "how long to wait for old nginx workers before stopping vassals",
-        "lock_wait": "how long to wait for another apply of the production",
-    }
-
-    def flags(self) -> list[str]:
-        """The command-line form both CLIs share: --ready-timeout=S ..."""
-        return [f"{flag(name)}={getattr(self, name)}" for name in self.HELP]
-
-
-def flag(field_name: str) -> str:
-    return "--lock-wait" if field_name == "lock_wait" else f"--{field_name}-timeout"
 
 
 # ------------------------------------------------------------------------------------------ manifest

@@ -15,12 +15,17 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import __version__, contract
+from .. import __version__, timeouts
 from ..errors import HandoffError, InputError, diagnostics_json
 
+if TYPE_CHECKING:
+    from .. import contract
+
 # Verbs import the phases they need: `build` of unchanged input must not pay for jsonschema or networkx,
-# nor any verb but those that run an agent for the handoff (subprocess, the agent's trust checks).
+# nor for contract's dataclasses, nor any verb but those that run an agent for the handoff (subprocess,
+# the agent's trust checks).
 
 EXIT_INPUT = 1
 EXIT_USAGE = 2
@@ -78,7 +83,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _timeouts(args: argparse.Namespace) -> list[str]:
-    return contract.Timeouts(**{f.name: getattr(args, f.name) for f in fields(contract.Timeouts)}).flags()
+    return timeouts.Timeouts(**{f.name: getattr(args, f.name) for f in fields(timeouts.Timeouts)}).flags()
 
 
 def _installer_exit(code: int) -> int:
@@ -95,6 +100,7 @@ PLAN_FORMAT = 1
 
 def _plan(args: argparse.Namespace) -> int:
     """`apply --dry-run`, and with --save a plan file that `apply --plan` holds the host to."""
+    from .. import contract
     from . import fleet  # only productions on several hosts need Ansible's side
 
     args.dry_run, args.atomic, args.restart, args.keep_ansible, args.plan = True, False, [], False, None
@@ -116,6 +122,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
+    from .. import contract
     from . import review
 
     try:
@@ -128,6 +135,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
+    from .. import contract
     from . import review, route
 
     if args.unreachable != (len(args.target) == 1):
@@ -172,6 +180,7 @@ def _saved_plan(path: str, artifact: Path) -> str:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from .. import contract
     from . import fleet, handoff  # fleet: only productions on several hosts need Ansible's side
 
     target = Path(args.artifact)
@@ -227,6 +236,7 @@ def _fleet_plan(production: str) -> contract.FleetPlan | None:
     path = Path(production)
     if not path.is_file():
         return None
+    from .. import contract
     from ..phases import pipeline
 
     compiled = pipeline.compile(path)
@@ -332,10 +342,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
         sub.add_argument("--force", action="store_true",
                          help="make a DNS change of more than 30%% of a zone's RRsets (when it holds 10 or more)")
-        defaults = contract.Timeouts()
-        for name, text in contract.Timeouts.HELP.items():
+        defaults = timeouts.Timeouts()
+        for name, text in timeouts.Timeouts.HELP.items():
             default = getattr(defaults, name)
-            sub.add_argument(contract.flag(name), dest=name, type=float, default=default, metavar="S",
+            sub.add_argument(timeouts.flag(name), dest=name, type=float, default=default, metavar="S",
                              help=f"{text} (default {default:g})")
 
     sub = verb("apply", _apply, "Make an artifact live on this host, with zero downtime.")
@@ -362,8 +372,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--save", metavar="FILE", help="also save the plan, for `apply --plan FILE`")
     sub.add_argument("--json", action="store_true", help='the plan as one JSON document ("format": 1)')
     sub.add_argument("--force", action="store_true", help="plan a DNS change over the 30%% guard")
-    for name in contract.Timeouts.HELP:  # the agent's dry run takes them; a plan waits for nothing
-        sub.add_argument(contract.flag(name), dest=name, type=float, default=getattr(contract.Timeouts(), name),
+    for name in timeouts.Timeouts.HELP:  # the agent's dry run takes them; a plan waits for nothing
+        sub.add_argument(timeouts.flag(name), dest=name, type=float, default=getattr(timeouts.Timeouts(), name),
                          metavar="S", help=argparse.SUPPRESS)
     sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
     sub.add_argument("production", help="the production file or its state_dir")
@@ -372,9 +382,9 @@ def parser() -> argparse.ArgumentParser:
     sub = verb("renew", _renew, "Renew the live ACME certificates that are due; reload nginx only if one changed.")
     sub.add_argument("production", help="the production file or its state_dir")
     sub.add_argument("--force", action="store_true", help="renew every ACME certificate now, due or not")
-    drain = contract.Timeouts().drain
-    sub.add_argument(contract.flag("drain"), dest="drain_timeout", type=float, default=drain, metavar="S",
-                     help=f"{contract.Timeouts.HELP['drain']} (default {drain:g})")
+    drain = timeouts.Timeouts().drain
+    sub.add_argument(timeouts.flag("drain"), dest="drain_timeout", type=float, default=drain, metavar="S",
+                     help=f"{timeouts.Timeouts.HELP['drain']} (default {drain:g})")
     sub = verb("diff", _diff, "Say in words what changes from OLD to NEW (production files or artifacts).")
     sub.add_argument("old")
     sub.add_argument("new")

@@ -1,6 +1,6 @@
 """The host agent as one deterministic zipapp, agent.pyz, for every artifact to carry.
 
-It packs backstage/contract.py, backstage/files.py and backstage/agent/*.py, read as bytes from this
+It packs backstage/contract.py, files.py, timeouts.py and backstage/agent/*.py, read as bytes from this
 package's directory and never imported (the compiler does not import the host agent), behind a
 `__main__.py` that runs backstage.agent.cli. Members are sorted, dated 1980-01-01, mode 0444 and
 stored uncompressed (zlib's output may differ between machines), so the same sources give the same
@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent  # compiler/backstage
-SHARED = ("contract.py", "files.py")  # the modules the agent shares with the compiler
+SHARED = ("contract.py", "files.py", "timeouts.py")  # the modules the agent shares with the compiler
 AGENT = "agent"
 MAIN = b"import sys\n\nfrom backstage.agent.cli import main\n\nsys.exit(main())\n"
 INIT = b'"""backstage: the host agent\'s copy of the package (contract, files and agent only)."""\n'

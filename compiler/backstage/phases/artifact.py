@@ -1,32 +1,21 @@
 """Phase 8, artifact: rendered files + the host agent + the manifest -> an immutable directory named by
-the hash of its content (contract.artifact_name); and the cache that answers an unchanged rebuild."""
+the hash of its content (contract.artifact_name); and the render memo a rebuild reuses (the cache that
+answers an unchanged rebuild is phases.cache)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__, contract, files
-from . import agentzip, sources
+from . import agentzip, cache
 from .layout import READ_ONLY, File
 
 if TYPE_CHECKING:
     from .render import Memo
-
-
-@dataclass(frozen=True, slots=True)
-class Built:
-    path: Path
-    summary: str
-    cached: bool
-    rendered: int = 0  # templates rendered by this build
-    reused: int = 0  # template output reused from the build before (render.Memo)
 
 
 def assemble(production: str, rendered: dict[str, File], input_hash: str) -> dict[str, File]:
@@ -138,22 +127,7 @@ def _rename(tmp: Path, final: Path) -> Path:
     return final
 
 
-# ------------------------------------------------------------------------------------------- the cache
-
-@cache
-def compiler_digest() -> str:
-    """Identifies the compiler's behaviour: its version and every source, template and schema byte."""
-    digest = hashlib.sha256(__version__.encode())
-    package = Path(__file__).resolve().parent.parent
-    sources = [*package.rglob("*.py"), *package.rglob("*.j2"), package / "schema" / "production.schema.json"]
-    for path in sorted(sources):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def cache_key(raw: bytes) -> str:
-    return hashlib.sha256(compiler_digest().encode() + b"\0" + raw).hexdigest()
-
+# ------------------------------------------------------------------------- the render memo, kept in OUT/.cache
 
 RENDERS = "renders.json"  # in outdir/.cache: the last build's template output, for the next (render.Memo)
 
@@ -163,8 +137,8 @@ def earlier_renders(outdir: Path) -> Memo:
     from .render import Memo
 
     try:
-        kept = json.loads(_cache_file(outdir, RENDERS).read_bytes())
-        if kept["compiler"] == compiler_digest() and isinstance(kept["chunks"], dict):
+        kept = json.loads(cache.cache_file(outdir, RENDERS).read_bytes())
+        if kept["compiler"] == cache.compiler_digest() and isinstance(kept["chunks"], dict):
             return Memo({str(key): [str(c) for c in chunks] for key, chunks in kept["chunks"].items()})
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -173,45 +147,5 @@ def earlier_renders(outdir: Path) -> Memo:
 
 def keep_renders(outdir: Path, memo: Memo) -> None:
     """Keep this build's template output (only what it used: the file does not grow) for the next one."""
-    _keep(outdir, RENDERS, json.dumps({"compiler": compiler_digest(), "chunks": memo.now}, separators=(",", ":")))
-
-
-def point_result(outdir: Path, dirname: str) -> None:
-    files.link(Path(dirname), outdir / "result")
-
-
-def _cache_file(outdir: Path, key: str) -> Path:
-    return outdir / ".cache" / key
-
-
-def cached(outdir: Path, key: str) -> Built | None:
-    """The build recorded for this key, if its artifact is still there and nothing it read changed."""
-    try:
-        entry = json.loads(_cache_file(outdir, key).read_text("utf-8"))
-        dirname, summary, inputs, seen = entry["artifact"], entry["summary"], entry["inputs"], entry["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    path = outdir / str(dirname)
-    if "/" in str(dirname) or not (path / contract.MANIFEST).is_file() or sources.fingerprint(list(inputs)) != seen:
-        return None
-    return Built(path, str(summary).strip(), cached=True)
-
-
-def remember(outdir: Path, key: str, built: Built, inputs: list[str], stamp: str) -> None:
-    """Record a build; `stamp` is the fingerprint of `inputs` taken before they were read."""
-    record = {"artifact": built.path.name, "summary": built.summary, "inputs": sorted(inputs),
-              "fingerprint": stamp}
-    _keep(outdir, key, json.dumps(record, sort_keys=True) + "\n")
-
-
-def _keep(outdir: Path, name: str, text: str) -> None:
-    """Replace outdir/.cache/`name` with `text`, through a temporary renamed over it."""
-    entry = _cache_file(outdir, name)
-    entry.parent.mkdir(exist_ok=True)
-    tmp = entry.with_name(f".{name}.{os.getpid()}")
-    try:
-        tmp.write_text(text, "utf-8")
-        os.replace(tmp, entry)
-    except BaseException:  # a full disk, or Ctrl-C: no half-written file left behind
-        tmp.unlink(missing_ok=True)
-        raise
+    kept = {"compiler": cache.compiler_digest(), "chunks": memo.now}
+    cache.keep(outdir, RENDERS, json.dumps(kept, separators=(",", ":")))

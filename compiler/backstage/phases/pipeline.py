@@ -12,22 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import contract
-from . import artifact, load
-from .layout import File
-from .load import KeyPath
+from . import cache, load
 
 if TYPE_CHECKING:
     from . import graph as graph_phase
     from . import model
     from . import render as render_phase
+    from .layout import File
 
-# The other phases are imported where they are used: a rebuild of unchanged input is answered from
-# the cache, and should cost little more than starting Python (no jsonschema, Jinja2 or networkx).
+# The phases are imported where they are used: a rebuild of unchanged input is answered from the cache,
+# and should cost little more than starting Python (no contract, jsonschema, Jinja2 or networkx).
 
 # An overlay rewrites loaded, normalised data in place (as `backstage try` plugs a production into a
 # sandbox) and returns the key paths it set; problems there are reported against the overlay's label.
-Overlay = Callable[[dict[str, Any]], Iterable[KeyPath]]
+Overlay = Callable[[dict[str, Any]], Iterable[load.KeyPath]]
 
 _Phase = TypeVar("_Phase", bound=Callable[..., Any])
 
@@ -113,7 +111,8 @@ def compile_checked(checked: Checked, restarts: Mapping[str, int] | None = None,
 def render_checked(checked: Checked, restarts: Mapping[str, int] | None = None,
                    memo: render_phase.Memo | None = None) -> dict[str, File]:
     """Every file of the artifact but the agent and the manifest."""
-    from . import render
+    from .. import contract
+    from . import artifact, render
 
     production = checked.production
     if production.fleet is None:
@@ -131,6 +130,8 @@ def render_checked(checked: Checked, restarts: Mapping[str, int] | None = None,
 
 @_gc_paused
 def assemble_checked(checked: Checked, rendered: dict[str, File]) -> Compiled:
+    from . import artifact
+
     files = artifact.assemble(checked.production.name, rendered, checked.input_hash)
     return Compiled(checked.production, checked.graph, files, artifact.name(checked.production.name, files),
                     checked.input_hash)
@@ -146,7 +147,7 @@ def compile_bytes(raw: bytes, file: str = "production.toml") -> Compiled:
 
 
 @_gc_paused
-def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | None = None) -> artifact.Built:
+def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | None = None) -> cache.Built:
     """Compile and write the artifact to outdir/<name>, pointing outdir/result at it; an unchanged
     input (and compiler) is answered from outdir/.cache without compiling.
 
@@ -155,11 +156,13 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
     raw = load.read(path)
     out = Path(outdir)
     counts = {name: count for name, count in sorted((restarts or {}).items()) if count}
-    key = artifact.cache_key(raw + (b"\0restarts " + repr(counts).encode() if counts else b""))
-    hit = artifact.cached(out, key)
+    key = cache.cache_key(raw + (b"\0restarts " + repr(counts).encode() if counts else b""))
+    hit = cache.cached(out, key)
     if hit:
-        artifact.point_result(out, hit.path.name)
+        cache.point_result(out, hit.path.name)
         return hit
+    from . import artifact
+
     checked = check_bytes(raw, str(path))
     unknown = sorted(set(counts) - set(checked.production.sesses))
     if unknown:
@@ -171,19 +174,17 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
     with artifact.Writer(out, rendered, memo) as writer:
         compiled = assemble_checked(checked, rendered)
         written = writer.finish(compiled.files, compiled.name)
-    built = artifact.Built(written, compiled.summary, cached=False, rendered=memo.rendered, reused=memo.reused)
+    built = cache.Built(written, compiled.summary, cached=False, rendered=memo.rendered, reused=memo.reused)
     # Remembered only if what the build read besides the file (taken before reading) is unchanged now:
     # a source edited during the build is then seen by the next one.
     if sources_fingerprint(list(checked.inputs)) == checked.stamp:
-        artifact.remember(out, key, built, list(checked.inputs), checked.stamp)
-    artifact.point_result(out, written.name)
+        cache.remember(out, key, built, list(checked.inputs), checked.stamp)
+    cache.point_result(out, written.name)
     return built
 
 
 def sources_fingerprint(inputs: list[str]) -> str:
-    from . import sources
-
-    return sources.fingerprint(inputs)
+    return cache.fingerprint(inputs)
 
 
 def summarize(production: model.Production) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Diagnostic, InputError
+from .cache import fingerprint
 from .load import Source
 
 MAX_FILES = 100_000
@@ -71,26 +72,6 @@ def gather(data: dict[str, Any], source: Source) -> Gathered:
     if problems:
         raise InputError(problems)
     return Gathered(acts, locks, tuple(inputs), stamp)
-
-
-def fingerprint(paths: list[str]) -> str:
-    """What the files a build read besides the production file look like now: every entry's path,
-    size, mtime and mode (links not followed). Any change, even a touch, means a rebuild."""
-    digest = hashlib.sha256()
-    for top in sorted(paths):
-        digest.update(f"{top}\0".encode())
-        walk = os.walk(top) if os.path.isdir(top) else iter([(top, [], [""])])
-        for current, dirs, names in walk:
-            dirs.sort()
-            for name in sorted(names + dirs):
-                path = os.path.join(current, name) if name else current
-                try:
-                    info = os.lstat(path)
-                except OSError:
-                    digest.update(f"{path}\0gone\0".encode())
-                    continue
-                digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_mode}\0".encode())
-    return digest.hexdigest()
 
 
 class _Unusable(Exception):

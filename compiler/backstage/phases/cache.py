@@ -1,0 +1,103 @@
+"""The build cache in OUT/.cache: which artifact an unchanged input built, answered without compiling.
+
+Not a phase: the pipeline asks it first, so it needs only the standard library and files (a rebuild of
+unchanged input should cost little more than starting Python: no contract, Jinja2 or the phases).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from .. import __version__, files
+
+MANIFEST = "manifest.json"  # contract.MANIFEST, which a build is not done without (a test holds them equal)
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    path: Path
+    summary: str
+    cached: bool
+    rendered: int = 0  # templates rendered by this build
+    reused: int = 0  # template output reused from the build before (render.Memo)
+
+
+@cache
+def compiler_digest() -> str:
+    """Identifies the compiler's behaviour: its version and every source, template and schema byte."""
+    digest = hashlib.sha256(__version__.encode())
+    package = Path(__file__).resolve().parent.parent
+    sources = [*package.rglob("*.py"), *package.rglob("*.j2"), package / "schema" / "production.schema.json"]
+    for path in sorted(sources):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(raw: bytes) -> str:
+    return hashlib.sha256(compiler_digest().encode() + b"\0" + raw).hexdigest()
+
+
+def point_result(outdir: Path, dirname: str) -> None:
+    files.link(Path(dirname), outdir / "result")
+
+
+def cache_file(outdir: Path, key: str) -> Path:
+    return outdir / ".cache" / key
+
+
+def cached(outdir: Path, key: str) -> Built | None:
+    """The build recorded for this key, if its artifact is still there and nothing it read changed."""
+    try:
+        entry = json.loads(cache_file(outdir, key).read_text("utf-8"))
+        dirname, summary, inputs, seen = entry["artifact"], entry["summary"], entry["inputs"], entry["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = outdir / str(dirname)
+    if "/" in str(dirname) or not (path / MANIFEST).is_file() or fingerprint(list(inputs)) != seen:
+        return None
+    return Built(path, str(summary).strip(), cached=True)
+
+
+def remember(outdir: Path, key: str, built: Built, inputs: list[str], stamp: str) -> None:
+    """Record a build; `stamp` is the fingerprint of `inputs` taken before they were read."""
+    record = {"artifact": built.path.name, "summary": built.summary, "inputs": sorted(inputs),
+              "fingerprint": stamp}
+    keep(outdir, key, json.dumps(record, sort_keys=True) + "\n")
+
+
+def keep(outdir: Path, name: str, text: str) -> None:
+    """Replace outdir/.cache/`name` with `text`, through a temporary renamed over it."""
+    entry = cache_file(outdir, name)
+    entry.parent.mkdir(exist_ok=True)
+    tmp = entry.with_name(f".{name}.{os.getpid()}")
+    try:
+        tmp.write_text(text, "utf-8")
+        os.replace(tmp, entry)
+    except BaseException:  # a full disk, or Ctrl-C: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fingerprint(paths: list[str]) -> str:
+    """What the files a build read besides the production file look like now: every entry's path,
+    size, mtime and mode (links not followed). Any change, even a touch, means a rebuild."""
+    digest = hashlib.sha256()
+    for top in sorted(paths):
+        digest.update(f"{top}\0".encode())
+        walk = os.walk(top) if os.path.isdir(top) else iter([(top, [], [""])])
+        for current, dirs, names in walk:
+            dirs.sort()
+            for name in sorted(names + dirs):
+                path = os.path.join(current, name) if name else current
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    digest.update(f"{path}\0gone\0".encode())
+                    continue
+                digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_mode}\0".encode())
+    return digest.hexdigest()
