@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from backstage.agent.store import find_uv
 from backstage.cli.sandbox import LOCALHOST
-from conftest import require_binary, run_cli, sandbox_head
+from conftest import run_cli, sandbox_head
 from harness import Response, TestSandbox
 
 DOMAIN = "mysite.test"
@@ -178,7 +179,9 @@ class Site:
 
 def wagtail_start(tmp: Path) -> Path:
     """The starter site as a user gets it: `wagtail start` from a throwaway virtualenv."""
-    uv = require_binary("uv")
+    uv = find_uv()  # as the agent finds it: on PATH, else beside this Python (the tests' virtualenv)
+    if uv is None:
+        pytest.fail("uv is not installed; .ci/run installs it (pip install uv, a test dependency)")
     tools = tmp / "tools"
     subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(tools)], check=True)
     subprocess.run([uv, "pip", "install", "-q", "-p", str(tools / "bin" / "python"), WAGTAIL], check=True)
