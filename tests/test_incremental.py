@@ -1,7 +1,7 @@
 """A rebuild after a small change renders only what the change reaches, and gives the very artifact a
 clean build of the same input gives, byte for byte. So does a big build's work done in two processes
-(render's half of the files, artifact.Writer's files and memo), when its child works, when it fails,
-and when the build is interrupted."""
+(render's parts of the files and the plan, artifact.Writer's files), when its child works, when it
+fails, and when the build is interrupted."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_memo_from_another_compiler_is_not_used(production: str, tmp_path: Pat
 
 # ------------------------------------------------------------------ files rendered by a second process
 
-FORKS = 3  # children per build: half the vassals that need no other Sess, the plan, half the servers
+FORKS = 3  # children per build: for the vassals that need no other Sess, for the plan, for the servers
 
 
 @pytest.fixture
@@ -179,6 +180,48 @@ def test_a_child_that_fails_is_replaced_by_rendering_here(
     """A child that cannot send its half (here: pickling fails in it) leaves the files as they would be."""
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("the pipe broke")
+    monkeypatch.setattr(render.pickle, "dump", broken)
+    compiled = pipeline.compile_bytes(production.encode())
+    assert len(forks) == FORKS and _reaped(forks)
+    assert compiled.files == _serial(production, monkeypatch).files
+
+
+def _slow_parent(monkeypatch: pytest.MonkeyPatch, record: Path) -> None:
+    """Each server rendered by this process takes 20 ms longer, so the child takes most of the parts; each
+    process notes its pid in `record` for every server it renders."""
+    venue_of, parent = render._render_venue, os.getpid()
+
+    def noted(production: object, name: str, *args: object) -> bytes:
+        with record.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+        if os.getpid() == parent:
+            time.sleep(0.02)
+        return venue_of(production, name, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(render, "_render_venue", noted)
+
+
+def test_the_faster_process_renders_more_parts(
+        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers are cut into parts, each taken once by whichever process is free: with this process
+    slowed down, the child renders most of them, and the artifact is the serial one."""
+    record = tmp_path / "renderers"
+    _slow_parent(monkeypatch, record)
+    compiled = pipeline.compile_bytes(production.encode())
+    assert len(forks) == FORKS and _reaped(forks)
+    renderers = record.read_text().split()
+    venues = len(compiled.production.venues)
+    assert len(renderers) == venues  # each server rendered once, by one process or the other
+    assert renderers.count(str(os.getpid())) < venues / 4 < renderers.count(str(forks[-1]))
+    assert compiled.files == _serial(production, monkeypatch).files
+
+
+def test_parts_a_failed_child_took_are_rendered_here(
+        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that took parts and then failed (here: it cannot send them back) leaves them to this process."""
+    _slow_parent(monkeypatch, tmp_path / "renderers")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("the memory file is full")
     monkeypatch.setattr(render.pickle, "dump", broken)
     compiled = pipeline.compile_bytes(production.encode())
     assert len(forks) == FORKS and _reaped(forks)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import pickle
 import re
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Generic, TypeVar
@@ -177,11 +178,11 @@ def render(production: Production, graph: graphs.Graph, restarts: Mapping[str, i
         return plan(production, hosts, addresses, stores, environments, restarts or {}).to_json()
 
     # The plan needs every vassal and no server: a child of its own writes it while the servers render.
-    with _Child(planned, len(vassals) >= PARALLEL_FROM) as planning:
+    with _Child(lambda: iter([planned()]), len(vassals) >= PARALLEL_FROM) as planning:
         texts = _in_two_processes(venues, lambda name: _render_venue(production, name, booked[name], addresses,
                                                                      stores, memo), memo)
         sent = planning.result()
-    files[contract.PLAN] = File(planned() if sent is None else sent)
+    files[contract.PLAN] = File(sent[0] if sent else planned())
     files.update((f"nginx/{name}.conf", File(text)) for name, text in zip(venues, texts, strict=True))
     for venue in production.venues.values():
         if venue.tls and venue.tls.acme:
@@ -403,7 +404,8 @@ def _uwsgi_params() -> targets.Verbatim:
     return targets.Verbatim(targets.template("nginx", "uwsgi_params.j2").render())
 
 
-PARALLEL_FROM = 400  # from this many files of a kind on, a second process renders half of them
+PARALLEL_FROM = 400  # from this many files of a kind on, a second process renders some of them
+PARTS = 64  # what such a round is cut into: each process takes the next part left (at most 256: a byte each)
 _Result = TypeVar("_Result")
 
 
@@ -432,83 +434,105 @@ def fork_child(work: Callable[[], None]) -> int | None:
 
 
 class _Child(Generic[_Result]):
-    """`work()` in a forked child (if `fork`, and a process can be made) while this process goes on; the
-    child sends its result back pickled, through a pipe. Leaving the `with` block, by an error or Ctrl-C
-    too, kills the child if it still runs and reaps it."""
+    """`work()` in a forked child (if `fork`, and a process can be made) while this process goes on. The
+    child pickles each value `work` yields as soon as it is made, into an anonymous memory file
+    (memfd) this process reads once the child has exited: the child never waits for this process to
+    read, and little is left to do when it ends. Leaving the `with` block, by an error or Ctrl-C too,
+    kills the child if it still runs and reaps it."""
 
-    def __init__(self, work: Callable[[], _Result], fork: bool = True) -> None:
+    def __init__(self, work: Callable[[], Iterator[_Result]], fork: bool = True) -> None:
         self.pid: int | None = None
-        self.reader = -1
+        self.sent = -1
         if not (fork and may_fork()):
             return
-        reader, writer = os.pipe()
+        sent = os.memfd_create("backstage-render", os.MFD_CLOEXEC)
 
         def child() -> None:
-            os.close(reader)
-            result = work()
-            with open(writer, "wb") as out:
-                pickle.dump(result, out, 5)
+            with open(sent, "wb", closefd=False) as out:
+                for value in work():
+                    pickle.dump(value, out, 5)
 
         self.pid = fork_child(child)
-        os.close(writer)
         if self.pid is None:  # no process to spare
-            os.close(reader)
+            os.close(sent)
         else:
-            self.reader = reader
+            self.sent = sent
 
     def __enter__(self) -> _Child[_Result]:
         return self
 
-    def result(self) -> _Result | None:
-        """The child's result; None if there was no child or it failed in any way (the caller then does
-        the work itself)."""
+    def result(self) -> list[_Result] | None:
+        """What the child yielded, in order; None if there was no child or it failed in any way (the
+        caller then does the work itself)."""
         if self.pid is None:
             return None
-        reader, self.reader = self.reader, -1
-        with open(reader, "rb") as back:  # closed here, whatever happens
-            sent = back.read()
         _, status = os.waitpid(self.pid, 0)
         self.pid = None
-        return pickle.loads(sent) if status == 0 and sent else None
+        sent, self.sent = self.sent, -1
+        values: list[_Result] = []
+        with open(sent, "rb") as back:  # closed here, whatever happens
+            if status != 0:
+                return None
+            back.seek(0)
+            while back.peek(1):
+                values.append(pickle.load(back))
+        return values
 
     def __exit__(self, *exc: object) -> None:
-        if self.pid is not None:  # the block ended before result(): the child goes, even if blocked on a full pipe
+        if self.pid is not None:  # the block ended before result(): the child goes
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
             self.pid = None
-        if self.reader >= 0:
-            os.close(self.reader)
-            self.reader = -1
+        if self.sent >= 0:
+            os.close(self.sent)
+            self.sent = -1
 
 
 def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Memo) -> list[_Result]:
-    """[work(item) for item in items], the second half done by a forked child when there are
-    PARALLEL_FROM items or more (and a second CPU, and no other thread to fork away from). `work` must
-    depend on nothing the other items' work changes but the memo. The child sends back its results and
-    what it added to the memo; if it fails in any way, this process does its half itself. Either way the
-    results are the same: rendering is a pure function of the model."""
-    mine, theirs = items[: len(items) // 2], items[len(items) // 2:]
-    known, counts = set(memo.now), (memo.rendered, memo.reused)
+    """[work(item) for item in items], shared with a forked child when there are PARALLEL_FROM items or
+    more (and a second CPU, and no other thread to fork away from). The items are cut into PARTS parts
+    and each process takes the next part left until none is, so whichever runs faster does more: the
+    parts wait in a pipe both processes read, one byte each, and a byte read by one is never read by
+    the other. `work` must depend on nothing the other items' work changes but the memo. The child
+    sends back each part's results and what it added to the memo; if it fails in any way, this process
+    does the parts it took. Either way the results are the same: rendering is a pure function of the
+    model."""
+    if len(items) < PARALLEL_FROM or not may_fork():
+        return [work(item) for item in items]
+    parts = [items[len(items) * i // PARTS: len(items) * (i + 1) // PARTS] for i in range(PARTS)]
+    left, filling = os.pipe()
+    try:
+        os.write(filling, bytes(range(PARTS)))  # far less than a pipe holds: written at once
+    finally:
+        os.close(filling)  # so that a read of an emptied pipe ends (b""), in both processes
 
-    def child() -> tuple[list[_Result], dict[str, list[str]], int, int]:
-        results = [work(item) for item in theirs]
-        added = {key: chunks for key, chunks in memo.now.items() if key not in known}
-        return results, added, memo.rendered - counts[0], memo.reused - counts[1]
+    def child() -> Iterator[tuple[int, list[_Result], dict[str, list[str]], int, int]]:
+        while part := os.read(left, 1):
+            before, rendered, reused = len(memo.now), memo.rendered, memo.reused
+            results = [work(item) for item in parts[part[0]]]
+            # memo.now only grows, in order: what this part added is what follows `before`
+            added = dict(itertools.islice(memo.now.items(), before, None))
+            yield part[0], results, added, memo.rendered - rendered, memo.reused - reused
 
-    with _Child(child, len(items) >= PARALLEL_FROM) as other:
-        if other.pid is None:
-            return [work(item) for item in items]
-        done = [work(item) for item in mine]
-        sent = other.result()
-    if sent is None:
-        return done + [work(item) for item in theirs]
-    results, added, rendered, reused = sent
-    if len(results) != len(theirs):
-        raise RuntimeError(f"render: the child rendered {len(results)} of {len(theirs)} files")
-    memo.now.update(added)
-    memo.rendered += rendered
-    memo.reused += reused
-    return done + list(results)
+    done: dict[int, list[_Result]] = {}
+    try:
+        with _Child(child) as other:
+            while part := os.read(left, 1):
+                done[part[0]] = [work(item) for item in parts[part[0]]]
+            sent = other.result() or []
+    finally:
+        os.close(left)
+    for index, results, added, rendered, reused in sent:
+        if index in done or len(results) != len(parts[index]):
+            raise RuntimeError(f"render: the child sent back part {index}, which it was not given")
+        done[index] = results
+        memo.now.update(added)
+        memo.rendered += rendered
+        memo.reused += reused
+    for index, missing in enumerate(parts):  # those a failed child took (or all, if no child could be made)
+        if index not in done:
+            done[index] = [work(item) for item in missing]
+    return [result for index in range(PARTS) for result in done[index]]
 
 
 def _render_venue(production: Production, venue_name: str, gigs: list[Gig], vassals: dict[str, Vassal],
