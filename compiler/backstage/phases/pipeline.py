@@ -34,7 +34,7 @@ def _gc_paused(phase: _Phase) -> _Phase:
     """Run `phase` with Python's cyclic garbage collector off (and back on afterwards, if it was on).
     A compile makes hundreds of thousands of objects that live until it ends (the loaded data, the
     model, the rendered text), and the collector would walk them all again at every full collection:
-    a seventh of a 10,000-Gig build's time, for no memory back (benchmarks/README.md). What a compile
+    a sixth of a 10,000-Gig build's time, for no memory back (benchmarks/README.md). What a compile
     leaves unreachable is freed by reference counting, or by the next collection after it."""
     @functools.wraps(phase)
     def paused(*args: Any, **kwargs: Any) -> Any:
@@ -177,14 +177,10 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
     built = cache.Built(written, compiled.summary, cached=False, rendered=memo.rendered, reused=memo.reused)
     # Remembered only if what the build read besides the file (taken before reading) is unchanged now:
     # a source edited during the build is then seen by the next one.
-    if sources_fingerprint(list(checked.inputs)) == checked.stamp:
+    if cache.fingerprint(list(checked.inputs)) == checked.stamp:
         cache.remember(out, key, built, list(checked.inputs), checked.stamp)
     cache.point_result(out, written.name)
     return built
-
-
-def sources_fingerprint(inputs: list[str]) -> str:
-    return cache.fingerprint(inputs)
 
 
 def summarize(production: model.Production) -> str:
