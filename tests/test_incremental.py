@@ -314,6 +314,18 @@ def test_a_build_that_cannot_fork_does_it_all_itself(
     assert _leftovers(tmp_path / "out") == []
 
 
+def test_a_build_without_descriptors_to_spare_does_it_all_itself(
+        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pipe for the parts, no memory file for a child's results (EMFILE): the same artifact, made here."""
+    def no_descriptor(*args: object) -> int:
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(os, "pipe", no_descriptor)
+    monkeypatch.setattr(os, "memfd_create", no_descriptor)
+    compiled = pipeline.compile_bytes(production.encode())
+    assert forks == []
+    assert compiled.files == _serial(production, monkeypatch).files
+
+
 def test_no_fork_beside_another_thread(production: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A library caller with threads gets the serial build: a fork would copy only the calling thread."""
     monkeypatch.setattr(render, "PARALLEL_FROM", 2)

@@ -445,7 +445,10 @@ class _Child(Generic[_Result]):
         self.sent = -1
         if not (fork and may_fork()):
             return
-        sent = os.memfd_create("backstage-render", os.MFD_CLOEXEC)
+        try:
+            sent = os.memfd_create("backstage-render", os.MFD_CLOEXEC)
+        except OSError:  # no descriptor or memory to spare: the caller does the work itself
+            return
 
         def child() -> None:
             with open(sent, "wb", closefd=False) as out:
@@ -500,7 +503,10 @@ def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Me
     if len(items) < PARALLEL_FROM or not may_fork():
         return [work(item) for item in items]
     parts = [items[len(items) * i // PARTS: len(items) * (i + 1) // PARTS] for i in range(PARTS)]
-    left, filling = os.pipe()
+    try:
+        left, filling = os.pipe()
+    except OSError:  # no descriptor to spare
+        return [work(item) for item in items]
     try:
         os.write(filling, bytes(range(PARTS)))  # far less than a pipe holds: written at once
     finally:
