@@ -326,6 +326,20 @@ def test_a_build_without_descriptors_to_spare_does_it_all_itself(
     assert compiled.files == _serial(production, monkeypatch).files
 
 
+def test_a_system_without_linux_calls_builds_in_one_process(
+        production: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os has no sched_getaffinity or memfd_create (not Linux), the build forks nothing, and works."""
+    monkeypatch.setattr(render, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(artifact, "OVERLAP_FROM", 2)
+    forked = _record_forks(monkeypatch)
+    for call in ("sched_getaffinity", "memfd_create"):
+        with monkeypatch.context() as elsewhere:
+            elsewhere.delattr(os, call)
+            assert not render.may_fork()
+            compiled = pipeline.compile_bytes(production.encode())
+        assert forked == [] and compiled.files == _serial(production, monkeypatch).files
+
+
 def test_no_fork_beside_another_thread(production: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A library caller with threads gets the serial build: a fork would copy only the calling thread."""
     monkeypatch.setattr(render, "PARALLEL_FROM", 2)

@@ -411,7 +411,10 @@ _Result = TypeVar("_Result")
 
 def may_fork() -> bool:
     """Whether a second process would help and is safe: a second CPU, and no other thread (a fork copies
-    only the calling thread, so a lock another thread held would stay held in the child)."""
+    only the calling thread, so a lock another thread held would stay held in the child). Linux only
+    (the CPUs this process may use, and memfd for a child's results): elsewhere one process does it all."""
+    if not (hasattr(os, "sched_getaffinity") and hasattr(os, "memfd_create")):
+        return False
     return len(os.sched_getaffinity(0)) > 1 and threading.active_count() == 1
 
 
