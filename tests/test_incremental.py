@@ -175,17 +175,6 @@ def test_files_rendered_in_two_processes_are_the_serial_ones(
     assert (again.rendered, again.reused) == (0, built.rendered), (again.rendered, again.reused)
 
 
-def test_a_child_that_fails_is_replaced_by_rendering_here(
-        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A child that cannot send its half (here: pickling fails in it) leaves the files as they would be."""
-    def broken(*args: object, **kwargs: object) -> None:
-        raise OSError("the pipe broke")
-    monkeypatch.setattr(render.pickle, "dump", broken)
-    compiled = pipeline.compile_bytes(production.encode())
-    assert len(forks) == FORKS and _reaped(forks)
-    assert compiled.files == _serial(production, monkeypatch).files
-
-
 def _slow_parent(monkeypatch: pytest.MonkeyPatch, record: Path) -> None:
     """Each server rendered by this process takes 20 ms longer, so the child takes most of the parts; each
     process notes its pid in `record` for every server it renders."""
@@ -215,10 +204,13 @@ def test_the_faster_process_renders_more_parts(
     assert compiled.files == _serial(production, monkeypatch).files
 
 
-def test_parts_a_failed_child_took_are_rendered_here(
-        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A child that took parts and then failed (here: it cannot send them back) leaves them to this process."""
-    _slow_parent(monkeypatch, tmp_path / "renderers")
+@pytest.mark.parametrize("slow_parent", [False, True], ids=["as it runs", "with parts taken"])
+def test_a_child_that_fails_is_replaced_by_rendering_here(
+        production: str, tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch, slow_parent: bool) -> None:
+    """A child that cannot send its parts back (here: pickling fails in it) leaves them to this process,
+    and the files are as they would be; with this process slowed down, the child surely took some."""
+    if slow_parent:
+        _slow_parent(monkeypatch, tmp_path / "renderers")
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("the memory file is full")
