@@ -631,16 +631,11 @@ class Manifest:
             raise ContractError(f"{MANIFEST} is not a backstage manifest: {exc}") from None
 
 
-def manifest_for(version: str, production: str, input_sha256: str,
-                 files: Iterable[tuple[str, int, bytes]]) -> Manifest:
-    return Manifest(version, FORMAT, production, input_sha256, tuple(
-        FileEntry(path, hashlib.sha256(content).hexdigest(), f"{mode:04o}") for path, mode, content in sorted(files)))
-
-
 def manifest_json(version: str, production: str, input_sha256: str,
                   files: Iterable[tuple[str, int, bytes]]) -> bytes:
-    """`manifest_for(...).to_json()`, written without a FileEntry per file: an artifact of 10,000 Gigs
-    lists 18,000 of them, and making and encoding each entry cost more than hashing its content."""
+    """The Manifest's `to_json()` for these files (sorted by path, each with its sha256 and mode), written
+    without a FileEntry per file: an artifact of 10,000 Gigs lists 18,000 of them, and making and encoding
+    each entry cost more than hashing its content."""
     quote = _SCALAR_JSON[str]
     entries = [f'{{"mode": "{mode:04o}", "path": {quote(path)}, "sha256": "{hashlib.sha256(content).hexdigest()}"}}'
                for path, mode, content in sorted(files)]
