@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent  # compiler/backstage
 SHARED = ("contract.py", "files.py", "timeouts.py")  # the modules the agent shares with the compiler
 AGENT = "agent"
 MAIN = b"import sys\n\nfrom backstage.agent.cli import main\n\nsys.exit(main())\n"
-INIT = b'"""backstage: the host agent\'s copy of the package (contract, files and agent only)."""\n'
+INIT = b'"""backstage: the host agent\'s copy of the package (contract, files, timeouts and agent only)."""\n'
 DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold
 MODE = 0o100444  # a regular file, read-only for all
 
