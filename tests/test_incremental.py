@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from backstage import contract, files
 from backstage.phases import artifact, pipeline, render
-from conftest import REPO
+from conftest import REPO, run_cli
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import generate
@@ -96,6 +97,46 @@ def test_a_memo_from_another_compiler_is_not_used(production: str, tmp_path: Pat
     source.write_text(_commented(production))
     again = pipeline.build(source, out)
     assert again.reused == 0
+
+
+def _poisoned(out: Path) -> None:
+    """Every text the memo holds replaced, and the no-op cache's answers pointed at another artifact:
+    what another user who can write OUT/.cache could do."""
+    memo = out / ".cache" / "renders.json"
+    kept = json.loads(memo.read_text())
+    kept["chunks"] = {key: ["POISON\n"] for key in kept["chunks"]}
+    memo.write_text(json.dumps(kept))
+
+
+@pytest.mark.parametrize("loose", ["writable by others", "owned by another user", "a symlink"])
+def test_a_cache_another_user_could_write_is_not_used(production: str, loose: str, tmp_path: Path) -> None:
+    source = tmp_path / "production.toml"
+    source.write_text(production)
+    out = tmp_path / "out"
+    first = pipeline.build(source, out)
+    cache_dir = out / ".cache"
+    assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
+    _poisoned(out)
+    if loose == "writable by others":
+        cache_dir.chmod(0o777)
+    elif loose == "owned by another user":
+        assert os.geteuid() == 0, "this test runs as root, as the suite does"
+        os.chown(cache_dir, 65534, 65534)
+    else:
+        elsewhere = tmp_path / "elsewhere"
+        cache_dir.rename(elsewhere)
+        cache_dir.symlink_to(elsewhere)
+    kept = {p.name: p.read_bytes() for p in cache_dir.iterdir()}
+    again = pipeline.build(source, out)  # the same input: the no-op cache would answer it
+    assert not again.cached and again.reused == 0 and again.path == first.path
+    source.write_text(_commented(production))
+    edited = pipeline.build(source, out)
+    assert edited.reused == 0
+    assert all(b"POISON" not in content for content in tree(edited.path).values())
+    assert {p.name: p.read_bytes() for p in cache_dir.iterdir()} == kept  # nothing kept there either
+    run = run_cli("build", str(source), "-o", str(out))
+    assert run.code == 0 and "note: the build cache was not used" in run.err, run.err
+    assert str(cache_dir) in run.err
 
 
 # ------------------------------------------------------------------ files rendered by a second process

@@ -40,13 +40,17 @@ class UsageError(Exception):
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..phases import pipeline
+    from ..phases import cache, pipeline
 
     built = pipeline.build(args.file, args.output)
     print(built.path)
     reused = f"; {built.reused} of {built.rendered + built.reused} files as the last build rendered them" \
         if built.reused else ""
     print(f"{'unchanged' if built.cached else 'built'}: {built.summary}{reused}", file=sys.stderr)
+    why = cache.distrusted(Path(args.output))
+    if why:
+        print(f"note: the build cache was not used: {why}; remove it to have rebuilds reuse the last build",
+              file=sys.stderr)
     return 0
 
 

@@ -136,6 +136,8 @@ def earlier_renders(outdir: Path) -> Memo:
     """The template output the last build in `outdir` kept, if the same compiler made it; else none."""
     from .render import Memo
 
+    if not cache.trusted(outdir):
+        return Memo()
     try:
         kept = json.loads(cache.cache_file(outdir, RENDERS).read_bytes())
         if kept["compiler"] == cache.compiler_digest() and isinstance(kept["chunks"], dict):

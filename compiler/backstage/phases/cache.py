@@ -6,9 +6,11 @@ unchanged input should cost little more than starting Python: no contract, Jinja
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -50,8 +52,35 @@ def cache_file(outdir: Path, key: str) -> Path:
     return outdir / ".cache" / key
 
 
+def trusted(outdir: Path) -> bool:
+    return not distrusted(outdir)
+
+
+def distrusted(outdir: Path) -> str:
+    """Why outdir/.cache may not be read or written, or "" if it may: it must be a directory, not a
+    symlink, owned by whoever builds and writable by nobody else (a build makes it 0700). What a cache
+    holds goes into artifacts unchecked, so one another user could have written is left alone: the
+    build is then a full one, and keeps nothing there."""
+    where = outdir / ".cache"
+    try:
+        info = os.lstat(where)
+    except FileNotFoundError:
+        return ""  # `keep` makes it, 0700
+    except OSError as exc:
+        return f"{where}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{where} is not a directory"
+    if info.st_uid != os.geteuid():
+        return f"{where} is owned by uid {info.st_uid}, not by the user building (uid {os.geteuid()})"
+    if info.st_mode & 0o022:
+        return f"{where} is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return ""
+
+
 def cached(outdir: Path, key: str) -> Built | None:
     """The build recorded for this key, if its artifact is still there and nothing it read changed."""
+    if not trusted(outdir):
+        return None
     try:
         entry = json.loads(cache_file(outdir, key).read_text("utf-8"))
         dirname, summary, inputs, seen = entry["artifact"], entry["summary"], entry["inputs"], entry["fingerprint"]
@@ -71,9 +100,13 @@ def remember(outdir: Path, key: str, built: Built, inputs: list[str], stamp: str
 
 
 def keep(outdir: Path, name: str, text: str) -> None:
-    """Replace outdir/.cache/`name` with `text`, through a temporary renamed over it."""
+    """Replace outdir/.cache/`name` with `text`, through a temporary renamed over it (nothing is kept in a
+    cache directory this build does not trust)."""
     entry = cache_file(outdir, name)
-    entry.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        entry.parent.mkdir(mode=0o700)
+    if not trusted(outdir):
+        return
     tmp = entry.with_name(f".{name}.{os.getpid()}")
     try:
         tmp.write_text(text, "utf-8")
