@@ -117,20 +117,89 @@ def keep(outdir: Path, name: str, text: str) -> None:
 
 
 def fingerprint(paths: list[str]) -> str:
-    """What the files a build read besides the production file look like now: every entry's path,
-    size, mtime and mode (links not followed). Any change, even a touch, means a rebuild."""
+    """What the files a build read besides the production file look like now: where each given path
+    leads (links followed, as they are read), every entry's path, size, mtime, ctime, inode and mode
+    (links below not followed), and for a directory in a git work tree, git's listing of it (which its
+    ignore files, index and settings decide). Any change, even a touch, means a rebuild. Directories
+    tagged as caches (CACHEDIR.TAG: a build's OUT) are left out, as a source's files leave them out."""
     digest = hashlib.sha256()
     for top in sorted(paths):
-        digest.update(f"{top}\0".encode())
-        walk = os.walk(top) if os.path.isdir(top) else iter([(top, [], [""])])
+        digest.update(f"{top}\0{os.path.realpath(top)}\0".encode())
+        if os.path.isdir(top):
+            try:
+                listing = git_listing(Path(top)) or b"no work tree"
+            except GitFailed as exc:
+                listing = str(exc).encode()
+            digest.update(hashlib.sha256(listing).digest())
+            walk = os.walk(top)
+        else:
+            walk = iter([(top, [], [""])])
         for current, dirs, names in walk:
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not is_tagged_cache(os.path.join(current, d)))
             for name in sorted(names + dirs):
                 path = os.path.join(current, name) if name else current
                 try:
-                    info = os.lstat(path)
+                    info = os.lstat(path) if name else os.stat(path)
                 except OSError:
                     digest.update(f"{path}\0gone\0".encode())
                     continue
-                digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_mode}\0".encode())
+                digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0{info.st_ino}\0"
+                              f"{info.st_mode}\0".encode())
     return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ what a source directory holds
+
+CACHEDIR_TAG = "CACHEDIR.TAG"  # https://bford.info/cachedir/: tar --exclude-caches, borg and restic skip these too
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def tag_cache_dir(outdir: Path) -> None:
+    """Mark a build's OUT as a cache directory, so that no source (and no backup) ever copies it."""
+    try:
+        fd = os.open(outdir / CACHEDIR_TAG, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return
+    try:
+        files.write_all(fd, CACHEDIR_SIGNATURE + b"\n# This directory holds backstage's build output "
+                                                 b"(artifacts and their cache): it is made again by a build.\n")
+    finally:
+        os.close(fd)
+
+
+def is_tagged_cache(directory: str | Path) -> bool:
+    try:
+        fd = os.open(os.path.join(directory, CACHEDIR_TAG), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class GitFailed(Exception):
+    """A directory is in a git work tree, but git could not list it."""
+
+
+def git_listing(root: Path) -> bytes | None:
+    """git's list of root's files that it does not ignore (tracked and untracked, NUL-separated), or
+    None when root is in no git work tree (no .git in it or above it). Raises GitFailed when it is in
+    one and git cannot list it (not installed, "dubious ownership", a broken repository): leaving out
+    what git ignores must not depend on whether git runs."""
+    real = Path(os.path.realpath(root))
+    if not any(os.path.lexists(directory / ".git") for directory in (real, *real.parents)):
+        return None
+    import subprocess  # only an Act with `source` in a work tree needs it
+
+    command = ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."]
+    try:
+        done = subprocess.run(command, capture_output=True, check=False, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise GitFailed(f"git cannot list it: {exc}") from None
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GitFailed(f"git cannot list it: {said[0] if said else f'exit {done.returncode}'}")
+    return done.stdout

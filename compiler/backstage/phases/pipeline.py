@@ -79,7 +79,9 @@ class Compiled:
 
 
 @_gc_paused
-def check_bytes(raw: bytes, file: str, overlay: Overlay | None = None, overlay_label: str = "") -> Checked:
+def check_bytes(raw: bytes, file: str, overlay: Overlay | None = None, overlay_label: str = "", *,
+                leave_out: Path | None = None) -> Checked:
+    """Load and check; `leave_out`: a build's OUT, which no Act's source copies."""
     from . import check, graph, model, normalise, sources
 
     loaded = load.load_bytes(raw, file)
@@ -90,7 +92,7 @@ def check_bytes(raw: bytes, file: str, overlay: Overlay | None = None, overlay_l
         loaded.source.inject(injected, overlay_label or "overlay")
     production_graph = graph.build(normalised.data)
     check.check(normalised, production_graph)
-    gathered = sources.gather(normalised.data, loaded.source)
+    gathered = sources.gather(normalised.data, loaded.source, leave_out)
     return Checked(model.build(normalised.data, gathered), production_graph, loaded.input_hash, gathered.inputs,
                    gathered.stamp)
 
@@ -156,18 +158,22 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
     raw = load.read(path)
     out = Path(outdir)
     counts = {name: count for name, count in sorted((restarts or {}).items()) if count}
-    key = cache.cache_key(raw + (b"\0restarts " + repr(counts).encode() if counts else b""))
+    # The same bytes in another directory read other sources and locks (paths are relative to the file).
+    origin = b"\0from " + str(Path(path).resolve().parent).encode("utf-8", "surrogateescape")
+    key = cache.cache_key(raw + origin + (b"\0restarts " + repr(counts).encode() if counts else b""))
     hit = cache.cached(out, key)
     if hit:
         cache.point_result(out, hit.path.name)
         return hit
     from . import artifact
 
-    checked = check_bytes(raw, str(path))
+    checked = check_bytes(raw, str(path), leave_out=out)
     unknown = sorted(set(counts) - set(checked.production.sesses))
     if unknown:
         raise UnknownSess(f"{path}: no sess named {', '.join(unknown)} (known: "
                           f"{', '.join(sorted(checked.production.sesses)) or 'none'})")
+    out.mkdir(parents=True, exist_ok=True)
+    cache.tag_cache_dir(out)  # before anything else is written there, so that no source copies it
     memo = artifact.earlier_renders(out)
     rendered = render_checked(checked, counts, memo)
     # The rendered files and the memo may be written (by a child) while the manifest is made here.

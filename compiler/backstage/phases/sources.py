@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Diagnostic, InputError
-from .cache import fingerprint
+from .cache import GitFailed, fingerprint, git_listing, is_tagged_cache
 from .load import Source
 
 MAX_FILES = 100_000
@@ -47,7 +47,9 @@ class Gathered:
     stamp: str  # their fingerprint, taken before they were read
 
 
-def gather(data: dict[str, Any], source: Source) -> Gathered:
+def gather(data: dict[str, Any], source: Source, leave_out: Path | None = None) -> Gathered:
+    """Every Act's source tree and Stage's lock. `leave_out`: the build's OUT, never part of a source
+    (it is tagged as a cache directory once a build wrote into it, and those are always left out)."""
     base = Path(source.name).resolve().parent
     inputs = sorted({str(base / act["source"]) for act in data.get("acts", {}).values() if "source" in act}
                     | {str(base / stage["lock"]) for stage in data.get("stages", {}).values() if "lock" in stage})
@@ -59,7 +61,7 @@ def gather(data: dict[str, Any], source: Source) -> Gathered:
         if "source" in act:
             where = ("acts", name, "source")
             try:
-                acts[name] = _read_source(base / act["source"], act.get("exclude", []))
+                acts[name] = _read_source(base / act["source"], act.get("exclude", []), leave_out)
             except _Unusable as exc:
                 problems.append(source.diagnostic(where, "BS211", str(exc), exc.hint))
     for name, stage in sorted(data.get("stages", {}).items()):
@@ -93,7 +95,7 @@ def _read_regular(path: Path) -> bytes:
         raise _Unusable(f"{path}: {exc.strerror}", "make it readable by the user running backstage") from None
 
 
-def _read_source(root: Path, exclude: list[str]) -> SourceTree:
+def _read_source(root: Path, exclude: list[str], leave_out: Path | None = None) -> SourceTree:
     try:
         info = os.stat(root)
     except OSError as exc:
@@ -101,8 +103,17 @@ def _read_source(root: Path, exclude: list[str]) -> SourceTree:
                         "give the directory of the Act's code, relative to the production file") from None
     if not stat.S_ISDIR(info.st_mode):
         raise _Unusable(f"{root} is not a directory", "give the directory of the Act's code")
-    listed = _git_files(root)
-    candidates = listed if listed is not None else sorted(_walk(root))
+    try:
+        listing = git_listing(root)
+    except GitFailed as exc:
+        raise _Unusable(f"{root} is in a git work tree, but {exc}",
+                        "make `git -C <source> ls-files` work for the user building (installed, and the "
+                        "repository trusted: git's safe.directory), so that what git ignores stays out") from None
+    if listing is None:
+        candidates = sorted(_walk(root))
+    else:
+        candidates = sorted({p for p in listing.decode("utf-8", "surrogateescape").split("\0") if p})
+    candidates = _outside_caches(root, candidates, leave_out)
     import pathspec  # only builds that copy a source need it
 
     excluded = pathspec.GitIgnoreSpec.from_lines([*ALWAYS_EXCLUDED, *exclude])
@@ -154,17 +165,23 @@ def _walk(root: Path) -> Iterator[str]:
             yield str((here / name).relative_to(root))
 
 
-def _git_files(root: Path) -> list[str] | None:
-    """The files of root that git does not ignore (tracked and untracked), if root is in a work tree."""
-    import subprocess  # only an Act with `source` needs it
+def _outside_caches(root: Path, candidates: list[str], leave_out: Path | None) -> list[str]:
+    """The candidates that are in no directory tagged as a cache (CACHEDIR.TAG: a build's OUT, among
+    others) and not in `leave_out`."""
+    real_root = Path(os.path.realpath(root))
+    skipped = ""
+    if leave_out is not None:
+        out = Path(os.path.realpath(leave_out))
+        if out == real_root:
+            return []
+        if out.is_relative_to(real_root):
+            skipped = str(out.relative_to(real_root))
+    tagged: dict[str, bool] = {"": False}
 
-    try:
-        inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
-                                capture_output=True, text=True, check=False, timeout=60)
-        if inside.returncode != 0 or inside.stdout.strip() != "true":
-            return None
-        done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-                               "--exclude-standard", "--", "."], capture_output=True, check=True, timeout=120)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sorted({p for p in done.stdout.decode("utf-8", "surrogateescape").split("\0") if p})
+    def in_cache(directory: str) -> bool:
+        if directory not in tagged:
+            parent = os.path.dirname(directory)
+            tagged[directory] = directory == skipped or in_cache(parent) or is_tagged_cache(root / directory)
+        return tagged[directory]
+
+    return [rel for rel in candidates if not in_cache(os.path.dirname(rel))]
