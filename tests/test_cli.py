@@ -163,9 +163,10 @@ def test_json_errors_for_editors(tmp_path: Path) -> None:
     run = run_cli("build", "--json", str(bad), "-o", str(tmp_path / "out"))
     assert run.code == 1
     errors = json.loads(run.out)
-    assert errors == [{"file": str(bad), "line": 3, "col": 1, "code": "BS101", "path": "production.foo",
-                       "message": "unknown key `foo`",
-                       "hint": "allowed keys: log_dir, name, rollout, run_dir, state_dir"}]
+    assert errors["format"] == 1
+    assert errors["errors"] == [{"file": str(bad), "line": 3, "col": 1, "code": "BS101", "path": "production.foo",
+                                 "message": "unknown key `foo`",
+                                 "hint": "allowed keys: log_dir, name, rollout, run_dir, state_dir"}]
 
 
 def test_graph_prints_dot_with_needs_edges() -> None:

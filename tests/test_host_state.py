@@ -124,9 +124,9 @@ def test_gc_keeps_current_recent_and_linked_generations(tmp_path: Path) -> None:
     state = state_with(tmp_path, [(n, "ok") for n in names], "p-d")
     (state.generations / "p-a" / "uwsgi").mkdir()
     os.symlink(state.generations / "p-a" / "uwsgi" / "p--s--1.ini", state.vassals_dir / "p--s--1.ini")
-    removed = gc(state, keep=1)
-    assert removed == ["p-b", "p-c"]
-    assert sorted(p.name for p in state.generations.iterdir()) == ["p-a", "p-d"]
+    removed = gc(state, keep=1)  # the live p-d, the most recent other (p-c), and p-a, which a link uses
+    assert removed == ["p-b"]
+    assert sorted(p.name for p in state.generations.iterdir()) == ["p-a", "p-c", "p-d"]
 
 
 def test_sockets_no_live_vassal_owns_are_swept(tmp_path: Path) -> None:

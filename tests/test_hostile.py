@@ -363,7 +363,9 @@ def test_json_diagnostics(tmp_path: Path) -> None:
     assert "Traceback" not in run.stdout + run.stderr
     assert run.code == 1
     assert not (tmp_path / "out").exists()
-    data = json.loads(run.stdout)
+    document = json.loads(run.stdout)
+    assert document["format"] == 1
+    data = document["errors"]
     assert isinstance(data, list) and data
     fields = {"file": str, "line": int, "col": int, "code": str, "path": str, "message": str, "hint": str}
     for item in data:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from dataclasses import fields
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ..contract import ContractError, Timeouts, flag, read_plan
 from . import acme
-from .generations import gc, generation_zones, generations, rollback_target
+from .generations import gc, generation_zones, generations, listing, rollback_target
 from .outcomes import SIGNALS, Interrupted, Refused, out, say, watch_parent
 from .state import State
 from .switch import describe, switch
@@ -37,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON document")
     rollback = verbs.add_parser("rollback", help="switch back to an earlier generation")
     rollback.add_argument("--to", help="a kept generation's name or hash prefix (default: the previous one)")
+    rollback.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON document")
     defaults = Timeouts()
     for sub in (apply, rollback):
         sub.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
@@ -47,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     renew = verbs.add_parser("renew", help="renew the live generation's ACME certificates that are due")
     renew.add_argument("--force", action="store_true", help="renew every one now")
     renew.add_argument(flag("drain"), dest="drain", type=float, default=defaults.drain, metavar="SECONDS")
-    verbs.add_parser("generations", help="list kept generations")
+    listed = verbs.add_parser("generations", help="list kept generations")
+    listed.add_argument("--json", action="store_true", help="as one JSON document")
     collect = verbs.add_parser("gc", help="delete old generations")
     collect.add_argument("--keep", type=int, required=True)
     return parser
@@ -92,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
         chosen = timeouts(args)
         if args.dry_run:  # no lock: a dry run neither waits nor writes
             target = rollback_target(state, args.to)
-            out(f"would roll back to {target.name}")
-            return switch(target, chosen, dry_run=True, force=args.force)
+            if args.json:  # the plan's "artifact" names the target; stdout is the one document
+                say(f"would roll back to {target.name}")
+            else:
+                out(f"would roll back to {target.name}")
+            return switch(target, chosen, dry_run=True, force=args.force, as_json=args.json)
         with state.lock(chosen.lock_wait):  # the target is chosen and switched to under one lock
             target = rollback_target(state, args.to)
             say(f"rolling back to {target.name}")
@@ -105,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             return acme.renew(state, args.force, args.drain)
     if args.verb == "generations":
+        if args.json:
+            out(json.dumps(listing(state), indent=1, sort_keys=True))
+            return 0
         for g in generations(state):
             zones = generation_zones(state, g.name)
             out(f"{'*' if g.current else ' '} {g.name}  {g.applied or '(never live)'}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..contract import ContractError, read_plan
 from ..files import remove_tree
@@ -33,6 +34,17 @@ def generations(state: State) -> list[Generation]:
     names = sorted((p.name for p in _kept(state)), key=lambda n: (first_live.get(n, (0, ""))[0], n))
     return [Generation(n, first_live.get(n, (0, ""))[1], n == current, first_live.get(n, (0, ""))[0])
             for n in names]
+
+
+LISTING_FORMAT = 1
+
+
+def listing(state: State) -> dict[str, Any]:
+    """`generations --json`: the kept generations in their order, as one document ("format": 1). `seq`
+    and `applied` are 0 and None for one that never went live; `dns` is the zones it writes records into."""
+    return {"format": LISTING_FORMAT,
+            "generations": [{"name": g.name, "seq": g.seq, "applied": g.applied or None, "live": g.current,
+                             "dns": generation_zones(state, g.name)} for g in generations(state)]}
 
 
 def _kept(state: State) -> list[Path]:
@@ -118,10 +130,16 @@ def in_use(state: State) -> set[str]:
 
 
 def gc(state: State, keep: int) -> list[str]:
-    """Delete generations beyond the newest `keep` that nothing uses; returns their names."""
+    """Delete every generation but the live one, the `keep` most recent others (by sequence number: the
+    order in which they first went live; never-live ones count as the oldest) and those a vassal link
+    uses; then every store path no kept generation refers to. Returns the names removed."""
+    if keep < 0:
+        raise Refused(f"--keep must be 0 or more, not {keep}")
     ordered = [g.name for g in generations(state)]
-    kept = set(ordered[-keep:]) if keep > 0 else set()
-    used = in_use(state)
+    live = state.current_name()
+    others = [name for name in ordered if name != live]
+    kept = set(others[max(len(others) - keep, 0):])
+    used = in_use(state)  # the live one (`current`), and every generation a vassal link points into
     removed = []
     for name in ordered:
         if name in kept or name in used:

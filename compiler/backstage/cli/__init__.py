@@ -13,12 +13,12 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__, timeouts
-from ..errors import HandoffError, InputError, diagnostics_json
+from ..errors import HandoffError, InputError
 
 if TYPE_CHECKING:
     from .. import contract
@@ -39,11 +39,21 @@ class UsageError(Exception):
     pass
 
 
+JSON_FORMAT = 1  # every document a verb prints with --json carries "format": JSON_FORMAT
+
+
+def _print_json(document: dict[str, object]) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
 def _build(args: argparse.Namespace) -> int:
     from ..phases import cache, pipeline
 
     built = pipeline.build(args.file, args.output)
-    print(built.path)
+    if args.json:
+        _print_json({"format": JSON_FORMAT, "artifact": str(built.path), "unchanged": built.cached, "errors": []})
+    else:
+        print(built.path)
     reused = f"; {built.reused} of {built.rendered + built.reused} files as the last build rendered them" \
         if built.reused else ""
     print(f"{'unchanged' if built.cached else 'built'}: {built.summary}{reused}", file=sys.stderr)
@@ -58,7 +68,10 @@ def _check(args: argparse.Namespace) -> int:
     from ..phases import pipeline
 
     pipeline.check_file(args.file)
-    print(f"{args.file}: ok", file=sys.stderr)
+    if args.json:
+        _print_json({"format": JSON_FORMAT, "errors": []})
+    else:
+        print(f"{args.file}: ok", file=sys.stderr)
     return 0
 
 
@@ -260,11 +273,22 @@ def _on_fleet(args: argparse.Namespace, verb: str, agent_args: list[str]) -> int
         raise HandoffError(str(exc)) from None
 
 
+def _json_on_one_host(args: argparse.Namespace, verb: str) -> list[str]:
+    """The agent's --json for `verb`, refused for a production on several hosts (printed host by host)."""
+    if not args.json:
+        return []
+    if _fleet_plan(args.production) is not None:
+        raise UsageError(f"--json: {verb} of a production on several hosts is printed host by host, in words only")
+    return ["--json"]
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from . import handoff
 
+    if args.json and not args.dry_run:
+        raise UsageError("--json prints a plan: give it with --dry-run")
     extra = ((["--to", args.to] if args.to else []) + (["--dry-run"] if args.dry_run else [])
-             + (["--force"] if args.force else []))
+             + (["--force"] if args.force else []) + _json_on_one_host(args, "rollback"))
     on_fleet = _on_fleet(args, "rollback", [*extra, *_timeouts(args)])
     if on_fleet is not None:
         return on_fleet
@@ -283,18 +307,19 @@ def _renew(args: argparse.Namespace) -> int:
 def _generations(args: argparse.Namespace) -> int:
     from . import handoff
 
+    extra = _json_on_one_host(args, "generations")
     on_fleet = _on_fleet(args, "generations", [])
     if on_fleet is not None:
         return on_fleet
     script = handoff.installer(handoff.state_dir(args.production))
-    return _installer_exit(handoff.run_installer(script, "generations"))
+    return _installer_exit(handoff.run_installer(script, "generations", *extra))
 
 
 def _gc(args: argparse.Namespace) -> int:
     from . import handoff
 
-    if args.keep < 1:
-        raise UsageError("--keep must be at least 1")
+    if args.keep < 0:
+        raise UsageError(f"--keep must be 0 or more, not {args.keep} (0 keeps the live generation only)")
     on_fleet = _on_fleet(args, "gc", [f"--keep={args.keep}"])
     if on_fleet is not None:
         return on_fleet
@@ -333,10 +358,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("file", help="the production file (production.toml)")
     sub.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
                      help=f"output directory (default: ./{DEFAULT_OUTPUT}; OUTPUT/result links to the newest build)")
-    sub.add_argument("--json", action="store_true", help="print input errors as JSON objects")
+    sub.add_argument("--json", action="store_true",
+                     help='print the artifact, or the input errors, as one JSON document ("format": 1)')
     sub = verb("check", _check, "Check a production file without writing anything.")
     sub.add_argument("file")
-    sub.add_argument("--json", action="store_true", help="print input errors as JSON objects")
+    sub.add_argument("--json", action="store_true",
+                     help='print the input errors (none: []) as one JSON document ("format": 1)')
     sub = verb("graph", _graph, "Print the production's graph as Graphviz DOT (or SVG).")
     sub.add_argument("file")
     sub.add_argument("--format", choices=("dot", "svg"), default="dot")
@@ -382,6 +409,7 @@ def parser() -> argparse.ArgumentParser:
     sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
     sub.add_argument("production", help="the production file or its state_dir")
     sub.add_argument("--to", metavar="HASH", help="a kept generation's name or hash prefix")
+    sub.add_argument("--json", action="store_true", help='with --dry-run: the plan as JSON ("format": 1)')
     switch_options(sub)
     sub = verb("renew", _renew, "Renew the live ACME certificates that are due; reload nginx only if one changed.")
     sub.add_argument("production", help="the production file or its state_dir")
@@ -404,9 +432,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help='machine-readable ("format": 1)')
     sub = verb("generations", _generations, "List the generations kept on this host.")
     sub.add_argument("production", help="the production file or its state_dir")
+    sub.add_argument("--json", action="store_true", help='machine-readable ("format": 1)')
     sub = verb("gc", _gc, "Delete old generations; never the current one or one a live link uses.")
     sub.add_argument("production", help="the production file or its state_dir")
-    sub.add_argument("--keep", type=int, required=True, metavar="N", help="how many recent generations to keep")
+    sub.add_argument("--keep", type=int, required=True, metavar="N",
+                     help="how many generations to keep besides the live one: the most recent by when they first "
+                          "went live (0: the live one only)")
     sub = verb("try", _try, "Build a production and run it live in a private sandbox on 127.0.0.1.")
     sub.add_argument("file")
     sub.add_argument("--port", type=int, help="the port every Venue listens on (default: a free one)")
@@ -423,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except InputError as exc:
         if getattr(args, "json", False):
-            print(diagnostics_json(exc.diagnostics))
+            _print_json({"format": JSON_FORMAT, "errors": [asdict(d) for d in exc.diagnostics]})
         else:
             for diagnostic in exc.diagnostics:
                 print(diagnostic, file=sys.stderr)
