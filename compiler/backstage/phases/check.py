@@ -186,7 +186,7 @@ def _describe(error: jsonschema.ValidationError, source: Source) -> Iterator[Dia
         yield source.diagnostic(path, code, "the list holds the same item twice", "remove the duplicate")
     else:
         yield source.diagnostic(path, code, f"{_show(instance)}: {CODES.get(code, 'invalid value')}",
-                                _expectation(error))
+                                _allowlist_hint(sub, instance) or _expectation(error))
 
 
 def _expectation(error: jsonschema.ValidationError) -> str:
@@ -196,6 +196,23 @@ def _expectation(error: jsonschema.ValidationError) -> str:
         parent = error.parent.schema if isinstance(error.parent.schema, dict) else {}
         expect = parent.get("x-expect")
     return f"expected {expect}" if expect else ""
+
+
+def _allowlist_hint(sub: dict[str, Any], name: Any) -> str:
+    """The hint for a name refused by an allowlist (the uWSGI pass-through options): the field that sets
+    it when backstage sets it itself (`x-reserved`), else an allowed name it looks like a typo of (a
+    closer match than _did_you_mean's: `after-request-hook` is no typo of `max-requests`), else them all."""
+    allowed = sub.get("x-allowed")
+    if not isinstance(allowed, dict) or not isinstance(name, str):
+        return ""
+    reserved = sub.get("x-reserved", {})
+    if name in reserved:
+        return f"backstage sets `{name}` itself: {reserved[name]}"
+    close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.8)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return (f"only options that tune how the app is served pass through: {', '.join(sorted(allowed))}; "
+            "commands, code, files, sockets and privileges come only from the Stage's and Act's own fields")
 
 
 def _show(value: Any) -> str:
