@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 from . import procfs
 
 WORKER_TITLE = "nginx: worker process"  # "... is shutting down" once retired by a reload
+MASTER_TITLE = "nginx: master process"
 TEMP_KINDS = ("client_body", "proxy", "uwsgi", "fastcgi", "scgi")
 
 
@@ -52,7 +55,8 @@ def test_servers(command: Sequence[str], servers: Sequence[Path]) -> None:
 
 
 def workers() -> dict[int, int]:
-    """pid -> parent pid of every nginx worker process on the host, retiring ones included."""
+    """pid -> parent pid of every process on the host titled as an nginx worker, retiring ones included.
+    Any user can give a process that title: what proves a reload is `workers_of(masters(...))`."""
     found: dict[int, int] = {}
     for pid in procfs.pids():
         if procfs.title(pid).startswith(WORKER_TITLE) and (stat := procfs.stat(pid)) and stat.state != "Z":
@@ -60,17 +64,43 @@ def workers() -> dict[int, int]:
     return found
 
 
-def masters(command: Sequence[str], known: dict[int, int]) -> set[int]:
-    """The masters (parents of `known` workers) that `command` acts on: those whose title holds the
-    command's own arguments (`-p`, `-c` ... as the host's nginx setting gives them). When none does
-    (a plain `nginx`, or a master started with other arguments), every master."""
-    parents = set(known.values())
+def program(command: Sequence[str]) -> str | None:
+    """The nginx executable `command` runs (its first word, looked up in PATH as exec would)."""
+    found = shutil.which(command[0]) if command else None
+    return os.path.realpath(found) if found else None
+
+
+def masters(command: Sequence[str]) -> set[int]:
+    """The nginx masters `command` acts on: processes of root (or of the user applying) that run the
+    executable `command` names and that nginx titled as a master; of those, the ones whose title holds
+    the command's own arguments (`-p`, `-c` ... as the host's nginx setting gives them), when any does
+    (a plain `nginx`, or a master started with other arguments: every one). A title alone proves
+    nothing, any user sets their own; a process's uid and the program it runs cannot be faked."""
+    executable = program(command)
+    if executable is None:
+        return set()
+    trusted = {0, os.geteuid()}
+    found = {pid for pid in procfs.pids() if procfs.title(pid).startswith(MASTER_TITLE)
+             and procfs.owned_by(pid, trusted) and procfs.runs(pid, executable)}
     tail = " ".join(command[1:])
     if tail:
-        mine = {pid for pid in parents if tail in procfs.title(pid)}
+        mine = {pid for pid in found if tail in procfs.title(pid)}
         if mine:
             return mine
-    return parents
+    return found
+
+
+def workers_of(ours: set[int]) -> dict[int, int]:
+    """pid -> parent pid of the workers (retiring ones included) that the masters `ours` started: their
+    children titled as workers. The workers run as nginx's `user`, but only a master makes its children."""
+    found: dict[int, int] = {}
+    if not ours:
+        return found
+    for pid in procfs.pids():
+        if ((stat := procfs.stat(pid)) and stat.ppid in ours and stat.state != "Z"
+                and procfs.title(pid).startswith(WORKER_TITLE)):
+            found[pid] = stat.ppid
+    return found
 
 
 def error_log(command: Sequence[str]) -> Path | None:
@@ -114,13 +144,16 @@ def reload(command: Sequence[str], wait: float) -> bool:
     nginx exits 0 from `-s reload` even when its master then refuses the configuration (a port it cannot
     bind: one another process holds, or one moved between `*:P` and `A:P`), keeping the old one; the
     error is only in its log. New workers appear only when the master accepted the configuration, so
-    that is the proof: NginxError if none appeared within `wait` seconds (or the error log, when `-e`
-    names it, shows the refusal first). Only then may the vassals the old workers routed to stop: an old
-    worker still finishing a request must find its upstream alive. Returns False if old workers were
-    still running after `wait` seconds.
+    that is the proof: new children of the master itself (`masters`; not merely processes titled as
+    workers, which anyone can start), and, read after them, no refusal in the error log (when `-e` names
+    it) since the reload. The master writes a refusal before it goes back to starting workers, so a
+    worker it restarted with the old configuration after a refusal is never taken for the new one.
+    NginxError if the log shows a refusal, or no new worker appeared within `wait` seconds. Only then
+    may the vassals the old workers routed to stop: an old worker still finishing a request must find
+    its upstream alive. Returns False if old workers were still running after `wait` seconds.
     """
-    before = workers()
-    ours = masters(command, before)
+    ours = masters(command)
+    before = workers_of(ours)
     log = error_log(command)
     offset = _size(log)
     done = run([*command, "-s", "reload"])
@@ -129,18 +162,20 @@ def reload(command: Sequence[str], wait: float) -> bool:
     deadline = time.monotonic() + wait
     took = False
     while True:
-        now = workers()
-        if not ours:  # no worker was running before: the master is whichever has workers now
-            ours = masters(command, now)
-        took = took or any(pid not in before and parent in ours for pid, parent in now.items())
-        if took and not any(parent in ours and pid in now for pid, parent in before.items()):
-            return True
-        if not took and _refused(errors := _emergencies(log, offset)):
+        if not ours:  # no master was found before the signal: whichever runs now
+            ours = masters(command)
+        now = workers_of(ours)
+        fresh = any(pid not in before for pid in now)
+        errors = _emergencies(log, offset)  # read after the workers: a refusal is logged before a restart
+        if _refused(errors):
             raise NginxError(_not_taken(ours, wait, errors))
+        took = took or fresh
+        if took and not any(pid in now for pid in before):
+            return True
         if time.monotonic() >= deadline:
             if took:
                 return False
-            raise NginxError(_not_taken(ours, wait, _emergencies(log, offset)))
+            raise NginxError(_not_taken(ours, wait, errors))
         time.sleep(0.05)
 
 

@@ -1,5 +1,10 @@
-"""Reading /proc: processes, their parents, sessions, titles and environments, and who holds which
-listening TCP socket (Linux only)."""
+"""Reading /proc: processes, their parents, sessions, titles, owners, programs and environments, and who
+holds which listening TCP socket (Linux only).
+
+A process's title (its argv) is whatever the process says: any user can give theirs any title. What
+tells one process from another is what its owner cannot change: its uids (`uids`), the program the
+kernel runs (`runs`) and its parent (`descends`).
+"""
 
 from __future__ import annotations
 
@@ -51,6 +56,60 @@ def cmdline(pid: int) -> list[str]:
 def title(pid: int) -> str:
     """The process title as `ps` shows it (nginx rewrites its own: "nginx: worker process")."""
     return " ".join(cmdline(pid)).strip()
+
+
+def uids(pid: int) -> tuple[int, ...]:
+    """The process's real, effective, saved and filesystem uids, from /proc/PID/status (empty if it is
+    gone). Not the owner of /proc/PID: that is root for any process that made itself non-dumpable."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ()
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            return tuple(int(part) for part in line.split()[1:])
+    return ()
+
+
+def owned_by(pid: int, trusted: set[int]) -> bool:
+    """Whether every uid of the process is one of `trusted` (False if it is gone)."""
+    found = uids(pid)
+    return bool(found) and all(uid in trusted for uid in found)
+
+
+def runs(pid: int, program: str) -> bool:
+    """Whether the process runs the executable `program` (a path): the same file, or, once that file was
+    replaced on disk (an upgrade), the same path."""
+    try:
+        if os.path.samefile(f"/proc/{pid}/exe", program):
+            return True
+    except OSError:
+        pass
+    try:
+        running = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return running.removesuffix(" (deleted)") == os.path.realpath(program)
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every live (not zombie) process."""
+    found: dict[int, int] = {}
+    for pid in pids():
+        if (info := stat(pid)) is not None and info.state != "Z":
+            found[pid] = info.ppid
+    return found
+
+
+def descends(pid: int, ancestors: set[int], tree: dict[int, int]) -> bool:
+    """Whether `pid` is a descendant (a child, a grandchild...) of one of `ancestors`, by `tree` (parents())."""
+    seen: set[int] = set()
+    while pid in tree and pid not in seen:
+        seen.add(pid)
+        pid = tree[pid]
+        if pid in ancestors:
+            return True
+    return False
 
 
 def environ(pid: int) -> list[bytes]:

@@ -12,9 +12,11 @@ completes whatever arrives. kill -9 at any point leaves links from which the nex
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterable
@@ -127,7 +129,10 @@ def _split(address: str) -> tuple[str, int]:
 
 
 def _who(pids: Iterable[int]) -> str:
-    described = [f"pid {pid} ({procfs.title(pid)[:60] or '?'})" for pid in pids]
+    """The processes `pids`, by pid and title; a title is whatever its process says, so control
+    characters (a newline that would start a line of apply's own) are shown as spaces."""
+    described = [f"pid {pid} ({''.join(c if c.isprintable() else ' ' for c in procfs.title(pid)[:60]) or '?'})"
+                 for pid in pids]
     return ", ".join(described[:3]) or "another process"
 
 
@@ -201,23 +206,76 @@ def _disk_trouble(directory: Path) -> str:
     return ""
 
 
+def emperor_pids(state: State, ask: bool = True) -> tuple[set[int], dict[str, int]]:
+    """The Emperor's pids and (when `ask`ed) from its stats, vassal file name -> pid of that vassal's master.
+
+    The Emperor is the stats' "pid" when that process belongs to root (or to the user applying). Else
+    (not `ask`ed, no stats socket, one that does not answer, or one that names another user's process)
+    every process of root or of that user that runs the host's uWSGI binary or was started with
+    `--emperor`. A title alone proves nothing: any user sets their own, but not their uid.
+    """
+    trusted = {0, os.geteuid()}
+    address = state.plan.host.emperor_stats if ask else ""
+    document: dict[str, Any] = {}
+    if address:
+        try:
+            document = emperor.stats(address, 2.0)
+        except (OSError, ValueError):
+            document = {}
+    pid = document.get("pid")
+    if isinstance(pid, int) and pid > 1 and procfs.owned_by(pid, trusted):
+        vassals = document.get("vassals", [])
+        named = {str(v.get("id", "")).rsplit("/", 1)[-1]: v["pid"]
+                 for v in (vassals if isinstance(vassals, list) else [])
+                 if isinstance(v, dict) and isinstance(v.get("pid"), int) and v["pid"] > 0}
+        return {pid}, named
+    found = shutil.which(state.plan.host.uwsgi)
+    binary = os.path.realpath(found) if found else None
+    return {p for p in procfs.pids() if procfs.owned_by(p, trusted)
+            and ("--emperor" in procfs.cmdline(p) or (binary is not None and procfs.runs(p, binary)))}, {}
+
+
+def stage_uids(state: State, files: Iterable[str]) -> set[int]:
+    """The uids the vassals `files` drop to (their files' `uid =`, the Stage's), from the installed
+    generations' copies of those files (a vassal file's name holds its content's hash)."""
+    found: set[int] = set()
+    for name in files:
+        for path in sorted(state.generations.glob(f"*/{UWSGI}/{name}")):
+            try:
+                text = path.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, sep, value = line.partition("=")
+                if sep and key.strip() == "uid" and not line.startswith((";", "#")):
+                    with contextlib.suppress(KeyError):  # no such user: the vassal does not start
+                        found.add(environment.user_id(value.strip()))
+            break
+    return found
+
+
 def vassal_processes(state: State, files: Iterable[str], stats: bool = True) -> set[int]:
-    """The processes of the vassals `files`: each one's master (the one running `uwsgi --ini .../<file>`,
-    or, with `stats`, the pid the Emperor's stats name) and the masters' children (their workers)."""
+    """The processes of the vassals `files`: each one's master and the master's descendants (its workers).
+
+    A master is a child of the Emperor (emperor_pids; without `stats` the Emperor is not asked) that its
+    stats name for the file or that runs `--ini .../<file>`; every process counted belongs to root, to the user applying
+    or to the vassal's Stage uid. Any user can give their own process a vassal's command line, but not
+    make it the Emperor's child or give it another uid (README, Safety 7).
+    """
     files = set(files)
-    roots = set()
-    if stats:
-        roots = {pid for name, pid in emperor.vassal_pids(state.plan.host.emperor_stats).items() if name in files}
-    parents: dict[int, int] = {}
-    for pid in procfs.pids():
-        found = procfs.stat(pid)
-        if found is None or found.state == "Z":
-            continue
-        parents[pid] = found.ppid
-        command = procfs.cmdline(pid)
-        if "--ini" in command[:-1] and Path(command[command.index("--ini") + 1]).name in files:
-            roots.add(pid)
-    return roots | {pid for pid, parent in parents.items() if parent in roots}
+    emperors, named = emperor_pids(state, ask=stats)
+    if not emperors:
+        return set()
+    trusted = {0, os.geteuid()} | stage_uids(state, files)
+    tree = procfs.parents()
+    roots = {pid for name, pid in named.items() if name in files}
+    for pid, parent in tree.items():
+        if parent in emperors:
+            command = procfs.cmdline(pid)
+            if "--ini" in command[:-1] and Path(command[command.index("--ini") + 1]).name in files:
+                roots.add(pid)
+    roots = {pid for pid in roots if tree.get(pid) in emperors and procfs.owned_by(pid, trusted)}
+    return roots | {pid for pid in tree if procfs.descends(pid, roots, tree) and procfs.owned_by(pid, trusted)}
 
 
 def wrong_process(state: State, vassal: VassalPlan) -> str:
