@@ -9,6 +9,8 @@ contract's verify) and state_dir (agent/trust.py).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import subprocess
 import tempfile
@@ -22,10 +24,89 @@ from ..agent.state import INCOMING
 from ..errors import HandoffError
 from ..files import remove_tree
 
+STAGE_PREFIX = ".apply-"  # state_dir/incoming/.apply-XXXXXXXX/<artifact>: one apply's verified copy
+# The copy each running apply holds, and the open (and flocked) directory that says so: run_installer
+# hands that very descriptor to the agent running from the copy, so the lock lasts as long as either lives.
+_held: dict[Path, int] = {}
+
 
 def _cannot_copy(parent: Path, exc: OSError) -> HandoffError:
     return HandoffError(f"cannot copy the artifact into {parent}: {exc.strerror}; free space there (or make it "
                         "writable) and apply again; nothing was changed")
+
+
+def _open_directory(name: str | Path, dir_fd: int | None = None) -> int:
+    """An fd of the directory `name` itself, never of what a link there points at (ELOOP/ENOTDIR then)."""
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def _locked(fd: int) -> bool:
+    """Take the exclusive flock on `fd` if nobody holds it; False when someone does."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _new_stage(incoming: Path) -> tuple[Path, int]:
+    """Sweep the copies no running apply holds out of `incoming`, and make a fresh one held by us: its
+    directory, and an fd of it with an exclusive flock that every apply keeps (with its agent) until
+    the copy is removed.
+
+    Copies are left behind when the `backstage` command dies without its `finally` (kill -9, or
+    SIGTERM before it runs the agent); nothing else would ever remove them. A copy is stale exactly when
+    nobody holds its flock: the command holds it from the moment the directory exists, and the agent it
+    starts inherits the same open file (so an agent undoing a switch after its command was killed keeps
+    its copy). So that no sweep sees a copy between its mkdir and its flock, each apply makes its copy
+    under an exclusive flock of incoming/ itself, which the sweep holds too while it claims the stale
+    copies (by taking their flock, so that a second sweep leaves them alone); it removes them once
+    incoming/ is free again. No time or pid is guessed at, and nothing in incoming/ but real `.apply-*`
+    directories is touched; removing one never follows a link (files.remove_tree). Best effort: a copy
+    that cannot be removed now is tried again by the next apply.
+    """
+    claimed: list[tuple[str, int]] = []
+    try:
+        top = _open_directory(incoming)
+        try:
+            fcntl.flock(top, fcntl.LOCK_EX)  # held only while a copy is made or claimed: never for long
+            with os.scandir(top) as entries:
+                names = [entry.name for entry in entries
+                         if entry.name.startswith(STAGE_PREFIX) and entry.is_dir(follow_symlinks=False)]
+            for name in names:
+                try:
+                    fd = _open_directory(name, dir_fd=top)
+                except OSError:
+                    continue  # gone meanwhile, or no longer a directory: not ours to judge
+                try:
+                    stale = _locked(fd)
+                except OSError:
+                    stale = False
+                if stale:
+                    claimed.append((name, fd))
+                else:
+                    os.close(fd)
+            stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=incoming))
+            try:
+                held = _open_directory(stage)
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh: nobody else can hold it
+            except OSError:
+                with contextlib.suppress(OSError):
+                    remove_tree(stage)
+                raise
+        finally:
+            os.close(top)
+        for name, fd in claimed:
+            with contextlib.suppress(OSError):
+                found, opened = os.lstat(incoming / name), os.fstat(fd)
+                if (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino):  # the very one claimed
+                    remove_tree(incoming / name)
+        return stage, held
+    finally:
+        for _, fd in claimed:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -35,7 +116,9 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
     The copy goes into a fresh root-only directory under state_dir/incoming/ (a dry run, which must
     write nothing there, uses one under the system's temporary directory); the bytes written are the
     bytes verified, so a file changed or swapped in the original afterwards changes nothing. The
-    original's apply.json is only read to find state_dir; the copy's must name the same one.
+    original's apply.json is only read to find state_dir; the copy's must name the same one. Copies
+    that killed applies left in incoming/ are removed first (_new_stage); this one is held, with its
+    agent, until it is removed here.
     """
     try:
         # Read and verified first, once, so a refused artifact leaves the host as it was; these very
@@ -51,12 +134,18 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
             parent = trust.subdirectory(state, INCOMING, "state_dir/incoming")
     except (contract.ContractError, Refused) as refusal:
         raise HandoffError(f"refusing to apply: {refusal}") from None
+    held: int | None = None
     try:
-        stage = Path(tempfile.mkdtemp(prefix=".apply-", dir=parent))
+        if dry_run:
+            stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=parent))
+        else:
+            stage, held = _new_stage(parent)
     except OSError as exc:
         raise _cannot_copy(parent, exc) from None
+    copy = stage / artifact.name
     try:
-        copy = stage / artifact.name
+        if held is not None:
+            _held[copy] = held
         try:
             contract.copy_verified(artifact, copy, found)
             if contract.read_plan(copy).state_dir != str(state):
@@ -70,7 +159,12 @@ def staged(artifact: Path, dry_run: bool) -> Iterator[Path]:
             subprocess.run(["sh", "-c", hook, "sh", str(artifact)], check=True)
         yield copy
     finally:
-        remove_tree(stage)
+        try:
+            remove_tree(stage)  # still held: no sweep takes it meanwhile
+        finally:
+            _held.pop(copy, None)
+            if held is not None:
+                os.close(held)
 
 
 def state_dir(production: str | Path) -> Path:
@@ -130,7 +224,8 @@ def run_installer(script: Path, *args: str) -> int:
     forwarded to it and waited for (it undoes an unfinished switch first, then exits). It also holds the
     read end of a pipe whose write end only this process has (its fd in contract.PARENT_FD_ENV): if this
     process dies, even by kill -9, the pipe closes and the agent stops as on SIGTERM. Older agents
-    ignore the variable.
+    ignore the variable. An agent run from an apply's copy (staged) also inherits the flocked fd that
+    keeps that copy from being swept while it runs.
     """
     import signal
 
@@ -145,10 +240,12 @@ def run_installer(script: Path, *args: str) -> int:
                 child.send_signal(signum)
 
     read_end, write_end = os.pipe()
+    held = _held.get(script.parent)
     previous = {signum: signal.signal(signum, forward) for signum in stopping}
     try:
         try:
-            child = subprocess.Popen([str(script), *args], pass_fds=(read_end,), start_new_session=True,
+            kept = (read_end,) if held is None else (read_end, held)
+            child = subprocess.Popen([str(script), *args], pass_fds=kept, start_new_session=True,
                                      env={**os.environ, contract.PARENT_FD_ENV: str(read_end)})
         finally:
             os.close(read_end)
