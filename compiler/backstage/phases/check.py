@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +77,7 @@ def check(normalised: Normalised, graph: graphs.Graph) -> None:
     refuse_oversized(normalised.loaded)
     found = list(_control_characters(data, (), source)) if _may_hold_controls(source) else []
     flagged = {d.path for d in found}
-    found += [d for d in _schema_errors(data, source) if d.path not in flagged]
+    found += [d for d in _schema_errors(data, source, _copied(normalised)) if d.path not in flagged]
     found += _Rules(normalised, graph).run()
     if found:
         raise InputError(found)
@@ -139,11 +139,24 @@ def _is_env_value(path: KeyPath) -> bool:
     return len(path) == 4 and path[0] == "acts" and path[2] == "env"
 
 
-def _schema_errors(data: dict[str, Any], source: Source) -> Iterator[Diagnostic]:
+def _copied(normalised: Normalised) -> Callable[[KeyPath], bool]:
+    """Whether a key path lies in a `hosts` list normalise filled in: its names are copied from [hosts]
+    (a Sess's) or from the Sesses booked at the Venue (a Venue's), so whatever is wrong with them is
+    reported where the file gives them, and an empty one means those Sesses run on no declared host,
+    which is reported at them. Reported again here it would name a key the file never gave."""
+    def copied(path: KeyPath) -> bool:
+        return (len(path) >= 3 and path[0] in ("sesses", "venues") and path[2] == "hosts"
+                and not normalised.spelled(path[:3]))
+    return copied
+
+
+def _schema_errors(data: dict[str, Any], source: Source,
+                   copied: Callable[[KeyPath], bool] = lambda path: False) -> Iterator[Diagnostic]:
     if valid_fast(data):
         return
     for error in _validator().iter_errors(data):
-        yield from _describe(error, source)
+        if not copied(tuple(error.absolute_path)):
+            yield from _describe(error, source)
 
 
 def _describe(error: jsonschema.ValidationError, source: Source) -> Iterator[Diagnostic]:
@@ -318,26 +331,41 @@ class _Rules:
                             "each domain and alias is claimed once; nginx would pick one server silently")
             owners.setdefault(host, name)
 
+    def _on(self, entry: dict[str, Any]) -> list[str]:
+        """The hosts a Sess or Venue runs on: with [hosts] its `hosts` (normalise fills them in), else the
+        one host, named "" here."""
+        if not self.hosts:
+            return [""]
+        given = entry.get("hosts")
+        return [h for h in given if isinstance(h, str)] if isinstance(given, list) else list(self.hosts)
+
     def ports(self) -> None:
-        taken: dict[int, str] = {}
+        """Sess ports are unique per host, and none is a port a Venue listens on on that host."""
+        taken: dict[tuple[str, int], str] = {}
         for name, venue in self.venues.items():
             for key in ("listen", "http_listen"):
                 port = layout.listen_port(venue.get(key))
-                if port is not None:
-                    taken.setdefault(port, f"venue `{name}`")
+                if port is None:
+                    continue
+                for host in self._on(venue):
+                    taken.setdefault((host, port), f"venue `{name}`")
         for name, sess in self.sesses.items():
             port = sess.get("port")
             if not isinstance(port, int) or isinstance(port, bool):
                 continue
-            if port in taken:
-                self.report(("sesses", name, "port"), "BS203", f"port {port} is already used by {taken[port]}",
-                            "give each Sess its own port, or drop `port` to use a unix socket")
-            taken.setdefault(port, f"sess `{name}`")
+            on = self._on(sess)
+            clash = next((host for host in on if (host, port) in taken), None)
+            if clash is not None:
+                self.report(("sesses", name, "port"), "BS203",
+                            f"port {port} is already used by {taken[clash, port]}{_on_host(clash)}",
+                            "give each Sess its own port on a host, or drop `port` to use a unix socket")
+            for host in on:
+                taken.setdefault((host, port), f"sess `{name}`")
 
     def tls_per_port(self) -> None:
-        # nginx's `ssl` belongs to the listening socket: every server on a port is TLS, or none is. A TLS
-        # Venue's plain-HTTP side (http_listen) is a plain server on its port.
-        first: dict[int, tuple[str, bool]] = {}
+        # nginx's `ssl` belongs to the listening socket: every server on a port of a host is TLS, or none
+        # is. A TLS Venue's plain-HTTP side (http_listen) is a plain server on its port.
+        first: dict[tuple[str, int], tuple[str, bool]] = {}
         for name, venue in self.venues.items():
             sides = [("listen", "tls" in venue)]
             if "tls" in venue and venue.get("redirect_http") is True:
@@ -346,14 +374,29 @@ class _Rules:
                 port = layout.listen_port(venue.get(key))
                 if port is None:
                     continue
-                other, other_tls = first.setdefault(port, (name, tls))
-                if other_tls != tls:
-                    listen = ("venues", name, key)
-                    self.report(listen if self.normalised.spelled(listen) else ("venues", name, "tls"), "BS208",
-                                f"port {port} is {'TLS' if other_tls else 'plain HTTP'} for venue `{other}` but "
-                                f"{'TLS' if tls else 'plain HTTP'} here",
-                                "give TLS and plain-HTTP servers different ports (a TLS Venue's `http_listen` "
-                                "is plain HTTP)")
+                for host in self._on(venue):
+                    other, other_tls = first.setdefault((host, port), (name, tls))
+                    if other_tls != tls:
+                        self.tls_clash(name, key, tls, port, other, host)
+                        break
+
+    def tls_clash(self, name: str, key: str, tls: bool, port: int, other: str, host: str) -> None:
+        """Report a TLS/plain clash at a key of this Venue the file gives: the key itself, else what made
+        it (`redirect_http` for the plain-HTTP side), else the Venue's table."""
+        candidates = [key, "redirect_http"] if key == "http_listen" else [key]
+        path: KeyPath = next((("venues", name, k) for k in candidates if k in self.venues[name]
+                              and self.normalised.spelled(("venues", name, k))), ("venues", name))
+        why = "" if path[-1] == key else (
+            f" (the default `listen` of a Venue {'with' if tls else 'without'} `tls` is {port})" if key == "listen"
+            else f" (a TLS Venue's plain-HTTP side, `http_listen`, defaults to port {port})")
+        self.report(path, "BS208", f"port {port} is {'TLS' if not tls else 'plain HTTP'} for venue `{other}` "
+                    f"but {'TLS' if tls else 'plain HTTP'} here{why}{_on_host(host)}",
+                    "give TLS and plain-HTTP servers different ports: nginx's `ssl` belongs to the port (a TLS "
+                    "Venue's `http_listen` is plain HTTP)"
+                    + ("" if path != ("venues", name) else
+                       f"; give venue `{name}` a `listen` of its own, or venue `{other}` another port"
+                       if key == "listen" else
+                       f"; give venue `{name}` an `http_listen` of its own, or `redirect_http = false`"))
 
     def plain_http_settings(self) -> None:
         for name, venue in self.venues.items():
@@ -372,7 +415,7 @@ class _Rules:
             if not isinstance(tls, dict):
                 continue
             files = [key for key in ("certificate", "key") if key in tls]
-            if "acme" in tls:
+            if tls.get("acme") is True:  # anything else is the schema's error (BS105): no ACME here
                 if files:
                     self.report(("venues", name, "tls", files[0]), "BS217",
                                 f"`{files[0]}` beside `acme = true`: the certificate comes from ACME",
@@ -380,11 +423,18 @@ class _Rules:
                 if not acme_ca:
                     self.report(("venues", name, "tls", "acme"), "BS218", "`acme = true` but [host.acme] is missing",
                                 'add [host.acme] with the CA\'s `directory` (and an `email`), as the README shows')
-                if venue.get("redirect_http") is False:
+                if venue.get("redirect_http") is False and self.normalised.spelled(("venues", name,
+                                                                                     "redirect_http")):
                     self.report(("venues", name, "redirect_http"), "BS218",
                                 "`redirect_http = false` with `acme = true`: the ACME challenge is answered on the "
                                 "plain-HTTP side, which this turns off",
                                 "drop `redirect_http = false`, or give certificate files instead of `acme`")
+                elif venue.get("redirect_http") is False:  # defaulted: the TLS `listen` is port 80 itself
+                    self.report(("venues", name, "listen"), "BS218",
+                                f"`acme = true` with TLS on port {layout.HTTP_PORT}: the ACME challenge is answered "
+                                "on a plain-HTTP side, which cannot share the TLS port",
+                                "drop `listen` (TLS then listens on 443 and the plain-HTTP side on 80), or give "
+                                "`http_listen` another port")
             elif len(files) < 2:
                 missing = [key for key in ("certificate", "key") if key not in tls]
                 self.report(("venues", name, "tls"), "BS217", f"`tls` lacks `{'` and `'.join(missing)}`",
@@ -649,6 +699,8 @@ class _Rules:
                             "collectstatic needs the Act's code in the store (`source`)",
                             "give `source` instead of `path`, or serve the files with `static`")
             release = django.get("release")
+            if not self.normalised.spelled(("acts", name, "django", "release")):
+                continue  # the default, built from `manage`, whose own rule (BS110) is the one to report
             for index, argv in enumerate(release if isinstance(release, list) else []):
                 first = argv[0] if isinstance(argv, list) and argv and isinstance(argv[0], str) else None
                 if first is not None and (first.startswith("/") or ".." in first.split("/") or first == ""):
@@ -675,6 +727,10 @@ class _Rules:
                             f"{layout.MAX_SOCKET_PATH}",
                             "shorten production.run_dir, the production name or the Sess name, or give it a port")
 
+
+
+def _on_host(host: str) -> str:
+    return f" on host `{host}`" if host else ""
 
 
 def _within(path: str, directory: str) -> bool:

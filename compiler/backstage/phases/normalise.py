@@ -2,10 +2,12 @@
 
 The schema states the defaults (`default` on a property); a few depend on other values and are
 derived here, each in one function: the three directories (from the production's name), a Venue's
-`listen` (80, or 443 with `tls`), a TLS Venue's `redirect_http` (true) and `http_listen` (80), a built
-Stage's `python` (python3), a Sess's `processes` and `threads` (its `[uwsgi]` table, else its Stage's,
-else the schema's default), a Django Act's `release` (Django's own `check --deploy` when the Act
-has `settings`), and with [hosts] each Sess's and Venue's `hosts`. check and model read the result and state no default.
+`listen` (80, or 443 with `tls`), a TLS Venue's `redirect_http` (true, unless its TLS `listen` is
+port 80 itself) and `http_listen` (80), a built Stage's `python` (python3), a Sess's `processes` and
+`threads` (its `[uwsgi]` table, else its Stage's, else the schema's default), a Django Act's `release`
+(Django's own `check --deploy` when the Act has `settings` and the file gives its [acts.X.django]
+table), and with [hosts] each Sess's and Venue's `hosts`. check and model read the result and state no
+default.
 
 The data may still be invalid here: a default is only filled in where its table is a table, and a
 derived one only from values of the right type; check then reports what is wrong.
@@ -48,7 +50,7 @@ def normalise(loaded: Loaded) -> Normalised:
                     entry[key] = value
                     filled.add((*path, key))
     filled |= set(_schema_defaults(data, schema.inlined(), ()))
-    filled |= set(_deploy_check(data))
+    filled |= set(_deploy_check(data, filled))
     filled |= set(_placement(data))
     return Normalised(loaded, data, frozenset(filled))
 
@@ -106,13 +108,16 @@ def _goes_deeper(rule: dict[str, Any]) -> bool:
             or (isinstance(entries, dict) and entries.get("type") == "object" and _goes_deeper(entries)))
 
 
-def _deploy_check(data: Data) -> Iterator[KeyPath]:
-    """A Django Act with `settings` and no `release` runs `manage.py check --deploy` as its release step:
-    its warnings are printed, its errors fail the apply. `release = []` runs none."""
+def _deploy_check(data: Data, filled: set[KeyPath]) -> Iterator[KeyPath]:
+    """A Django Act (`settings` and an [acts.X.django] table the file gives) with no `release` runs
+    `manage.py check --deploy` as its release step: its warnings are printed, its errors fail the apply.
+    `release = []` runs none. An Act without its own django table (every version 1 Act, whose code may
+    have no manage.py) has no release steps: the empty table the schema's defaults put there does not
+    count (`filled`)."""
     for path, act in _entries(data, "acts"):
         django = act.get("django") if isinstance(act, dict) else None
-        if (isinstance(django, dict) and "release" not in django and isinstance(act.get("settings"), str)
-                and isinstance(django.get("manage"), str)):
+        if (isinstance(django, dict) and (*path, "django") not in filled and "release" not in django
+                and isinstance(act.get("settings"), str) and isinstance(django.get("manage"), str)):
             django["release"] = [[django["manage"], "check", "--deploy"]]
             yield (*path, "django", "release")
 
@@ -177,8 +182,13 @@ def _listen(data: Data, venue: Data) -> int:
 
 
 def _redirect_http(data: Data, venue: Data) -> bool | None:
-    """A TLS Venue's plain-HTTP side redirects to https unless told otherwise."""
-    return True if "tls" in venue else None
+    """A TLS Venue's plain-HTTP side redirects to https unless told otherwise, and exists unless the
+    Venue's TLS `listen` is itself on port 80 (where the side would default to) and no `http_listen`
+    names another port: nginx's `ssl` belongs to a port, so one port cannot be both (the contract's
+    version 1 example, `listen = 80` with `tls`, is a TLS server on port 80 and nothing else)."""
+    if "tls" not in venue:
+        return None
+    return "http_listen" in venue or layout.listen_port(venue.get("listen")) != layout.HTTP_PORT
 
 
 def _http_listen(data: Data, venue: Data) -> int | None:
