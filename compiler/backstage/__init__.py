@@ -12,7 +12,37 @@ message, hint). Names are imported on first use, so `import backstage` stays che
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import sys as _sys
+
+
+def _interrupted_at_start(signum: int, frame: object) -> None:
+    """Ctrl-C while the `backstage` command starts (its imports, before cli.main takes SIGINT over):
+    nothing is written yet, so it ends at once, 130 as a shell reports SIGINT, and no traceback."""
+    import os
+
+    os._exit(130)
+
+
+def _started_as_command() -> bool:
+    """Whether this process is the `backstage` command being started: the console script (its path is
+    sys.argv[0] while it imports) or `python -m backstage.cli` (sys.argv[0] is "-m" meanwhile)."""
+    argv0 = _sys.argv[0] if _sys.argv else ""
+    if argv0 != "-m":
+        return argv0.replace("\\", "/").rsplit("/", 1)[-1] in ("backstage", "backstage.exe")
+    options = iter(getattr(_sys, "orig_argv", [])[1:])
+    for option in options:
+        if option.startswith("-m"):
+            return (option[2:] or next(options, "")) in ("backstage.cli", "backstage.cli.__main__")
+    return False
+
+
+if _started_as_command():  # before any other import: a Ctrl-C from here on prints no traceback
+    import signal as _signal
+
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not ignored (a background job)
+        _signal.signal(_signal.SIGINT, _interrupted_at_start)
+
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Built", "Compiled", "Diagnostic", "InputError", "build", "compile"]

@@ -448,32 +448,68 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run one command. Ctrl-C (SIGINT) stops it with EXIT_INTERRUPTED and no traceback: the first one
+    raises KeyboardInterrupt, and any further one is ignored, so that the clean-up the first one set off
+    (a build's temporary directory, its children) is never cut short. As the `backstage` command (see
+    backstage._started_as_command), SIGINT stays ignored once this returns: the process is ending, and
+    a Ctrl-C during the interpreter's exit would print a traceback; stopped by Ctrl-C, it exits here
+    (130, once its output is flushed). Otherwise SIGINT's handler is given back."""
+    import contextlib
+    import signal
+
+    from .. import _interrupted_at_start
+
+    def interrupted(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    command = previous is _interrupted_at_start
+    taken = previous is signal.default_int_handler or command  # not ignored, nor someone else's
+    if taken:
+        try:
+            signal.signal(signal.SIGINT, interrupted)
+        except ValueError:  # not the main thread: signals are not this call's to handle
+            taken = False
     try:
-        code: int = args.run(args)
-        return code
-    except InputError as exc:
-        if getattr(args, "json", False):
-            _print_json({"format": JSON_FORMAT, "errors": [asdict(d) for d in exc.diagnostics]})
-        else:
-            for diagnostic in exc.diagnostics:
-                print(diagnostic, file=sys.stderr)
-            print(f"backstage: {len(exc.diagnostics)} error(s); nothing was written", file=sys.stderr)
-        return EXIT_INPUT
-    except HandoffError as exc:
-        print(f"backstage: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except UsageError as exc:
-        print(f"backstage: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
+        try:
+            args = parser().parse_args(argv)
+            code: int = args.run(args)
+            return code
+        except InputError as exc:
+            if getattr(args, "json", False):
+                _print_json({"format": JSON_FORMAT, "errors": [asdict(d) for d in exc.diagnostics]})
+            else:
+                for diagnostic in exc.diagnostics:
+                    print(diagnostic, file=sys.stderr)
+                print(f"backstage: {len(exc.diagnostics)} error(s); nothing was written", file=sys.stderr)
+            return EXIT_INPUT
+        except HandoffError as exc:
+            print(f"backstage: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        except UsageError as exc:
+            print(f"backstage: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:  # a bug in backstage: say so in one line, never with a traceback
+            if os.environ.get("BACKSTAGE_DEBUG"):
+                raise
+            print(f"backstage: internal error: {type(exc).__name__}: {exc} "
+                  "(set BACKSTAGE_DEBUG=1 for a traceback, and please report it)", file=sys.stderr)
+            return EXIT_BUG
+    except KeyboardInterrupt:  # (also one that came while an error above was being reported)
+        if taken:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if command:  # the interpreter's own exit would take the KeyboardInterrupt as unhandled (-SIGINT)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug in backstage: say so in one line, never with a traceback
-        if os.environ.get("BACKSTAGE_DEBUG"):
-            raise
-        print(f"backstage: internal error: {type(exc).__name__}: {exc} "
-              "(set BACKSTAGE_DEBUG=1 for a traceback, and please report it)", file=sys.stderr)
-        return EXIT_BUG
+    finally:
+        if command:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        elif taken:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -32,17 +32,23 @@ def name(production: str, tree: dict[str, File]) -> str:
 
 
 def write(tree: dict[str, File], outdir: Path, dirname: str) -> Path:
-    """Write the tree to outdir/dirname, read-only, through a temporary directory renamed into place."""
+    """Write the tree to outdir/dirname, read-only, through a temporary directory renamed into place.
+    An error or Ctrl-C on the way removes the temporary directory."""
+    from .render import interrupts_held
+
     final = outdir / dirname
     if final.is_dir():
         return final
     outdir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=outdir))
+    tmp: Path | None = None
     try:
+        with interrupts_held():  # made and noted before a Ctrl-C can come
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=outdir))
         files.write_tree(tmp, ((rel, f.mode, f.content) for rel, f in tree.items()))
         return _rename(tmp, final)
     except BaseException:
-        files.remove_tree(tmp)
+        if tmp is not None:
+            _remove(tmp)
         raise
 
 
@@ -53,8 +59,9 @@ class Writer:
     With OVERLAP_FROM rendered files or more (and a second CPU, and no other thread), a forked child
     writes the rendered files into a temporary directory while this process makes the manifest (which
     needs none of them written) and keeps the memo. If the child fails in any way, `finish` writes
-    everything here instead; the bytes written are the same either way. An error or Ctrl-C here waits
-    for the child (it only writes files) and removes the temporary directory."""
+    everything here instead; the bytes written are the same either way. An error or Ctrl-C here kills
+    the child if it still runs, reaps it and removes the temporary directory (Ctrl-C held off until
+    that is done)."""
 
     def __init__(self, outdir: Path, rendered: dict[str, File], memo: Memo) -> None:
         self.outdir, self.rendered, self.memo = outdir, rendered, memo
@@ -62,23 +69,32 @@ class Writer:
         self.tmp: Path | None = None
 
     def __enter__(self) -> Writer:
-        from .render import fork_child, may_fork
+        from .render import fork_child, interrupts_held, may_fork
 
         if len(self.rendered) < OVERLAP_FROM or not may_fork():
             return self
-        self.outdir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.outdir))
-        self.child = fork_child(lambda: files.write_tree(
-            tmp, ((rel, f.mode, f.content) for rel, f in self.rendered.items()), seal_base=False)) or 0
-        if not self.child:  # no process to spare: `finish` writes everything here
-            self._discard()
+        try:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+            with interrupts_held():  # the directory and the child noted before a Ctrl-C can come
+                tmp = self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.outdir))
+                self.child = fork_child(lambda: files.write_tree(
+                    tmp, ((rel, f.mode, f.content) for rel, f in self.rendered.items()), seal_base=False)) or 0
+            if not self.child:  # no process to spare: `finish` writes everything here
+                self._discard()
+        except BaseException:  # Ctrl-C as the child was made: `with` will not call __exit__
+            self.__exit__()
+            raise
         return self
 
     def _wait(self) -> bool:
-        """Whether the child (if any) wrote everything it was given."""
+        """Whether the child (if any) wrote everything it was given. It is forgotten only once reaped: a
+        Ctrl-C during the wait leaves it to __exit__."""
         if not self.child:
             return False
-        _, status = os.waitpid(self.child, 0)
+        try:
+            _, status = os.waitpid(self.child, 0)
+        except ChildProcessError:  # cannot be, unless something else reaped it: it failed, to us
+            status = 1
         self.child = 0
         return status == 0
 
@@ -92,24 +108,28 @@ class Writer:
         if not self._wait():
             self._discard()
             return write(tree, self.outdir, dirname)
-        tmp, self.tmp = self.tmp, None
-        try:
-            rest = {rel: f for rel, f in tree.items() if rel not in self.rendered}
-            assert all("/" not in rel for rel in rest), sorted(rest)  # the agent and the manifest
-            files.write_tree(tmp, ((rel, f.mode, f.content) for rel, f in sorted(rest.items())))
-            return _rename(tmp, self.outdir / dirname)
-        except BaseException:
-            files.remove_tree(tmp)
-            raise
+        rest = {rel: f for rel, f in tree.items() if rel not in self.rendered}
+        assert all("/" not in rel for rel in rest), sorted(rest)  # the agent and the manifest
+        files.write_tree(self.tmp, ((rel, f.mode, f.content) for rel, f in sorted(rest.items())))
+        final = _rename(self.tmp, self.outdir / dirname)
+        self.tmp = None  # (a Ctrl-C just before: __exit__ finds nothing left to remove)
+        return final
 
     def _discard(self) -> None:
         if self.tmp is not None:
-            files.remove_tree(self.tmp)
+            _remove(self.tmp)
             self.tmp = None
 
     def __exit__(self, *exc: object) -> None:
-        self._wait()
-        self._discard()
+        from .render import interrupts_held, reap
+
+        with interrupts_held():
+            try:
+                if self.child:  # the block ended before `finish` waited for it: the child goes
+                    reap(self.child)
+                    self.child = 0
+            finally:
+                self._discard()
 
 
 OVERLAP_FROM = 1000  # rendered files from which a child writes them while the manifest is made
@@ -123,8 +143,18 @@ def _rename(tmp: Path, final: Path) -> Path:
     except OSError:
         if not final.is_dir():
             raise
-        files.remove_tree(tmp)  # another build of the same content won the race
+        _remove(tmp)  # another build of the same content won the race
     return final
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary tree if it is there (it is not once renamed into place), Ctrl-C held off
+    meanwhile so that it is never left half removed."""
+    from .render import interrupts_held
+
+    with interrupts_held():
+        if os.path.lexists(tmp):
+            files.remove_tree(tmp)
 
 
 # ------------------------------------------------------------------------- the render memo, kept in OUT/.cache

@@ -6,6 +6,7 @@ Every `{{ }}` is escaped for its target and, where a slot has rules of its own, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -418,10 +419,31 @@ def may_fork() -> bool:
     return len(os.sched_getaffinity(0)) > 1 and threading.active_count() == 1
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) off while the block runs: one that comes meanwhile raises KeyboardInterrupt
+    only as the block ends. For what must not be cut in half: a child forked and its pid noted, a
+    temporary directory made and noted, a clean-up. Where the signal mask cannot be set, it does nothing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def fork_child(work: Callable[[], None]) -> int | None:
     """Run `work()` in a forked child, which exits 0 if it returned and 1 if it raised, never returning
     here nor running this process's cleanup. The child's pid (0 is never returned), or None when no
-    process could be made (EAGAIN, ENOMEM): then the caller does the work itself."""
+    process could be made (EAGAIN, ENOMEM): then the caller does the work itself.
+
+    Call it inside `interrupts_held()`, noting the pid before the block ends, so that a Ctrl-C cannot
+    come between the fork and the note. In the child, Ctrl-C (SIGINT) simply ends it (unless this
+    process ignores it): it never raises there, so the child never runs on into this process's code;
+    this process, stopped by the same Ctrl-C (or by one sent to it alone), kills it and reaps it."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     try:
         pid = os.fork()
     except OSError:
@@ -430,41 +452,62 @@ def fork_child(work: Callable[[], None]) -> int | None:
         return pid
     code = 1
     try:
+        if not ignored:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         work()
         code = 0
     finally:
         os._exit(code)
 
 
+def reap(pid: int) -> None:
+    """Kill the child `pid` if it still runs, and reap it; nothing if it was reaped already. Only a child
+    not yet reaped is killed: its pid cannot have gone to another process meanwhile."""
+    with interrupts_held():
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped already (a Ctrl-C came after the wait, before it was noted)
+            pass
+
+
 class _Child(Generic[_Result]):
     """`work()` in a forked child (if `fork`, and a process can be made) while this process goes on. The
     child pickles each value `work` yields as soon as it is made, into an anonymous memory file
     (memfd) this process reads once the child has exited: the child never waits for this process to
-    read, and little is left to do when it ends. Leaving the `with` block, by an error or Ctrl-C too,
-    kills the child if it still runs and reaps it."""
+    read, and little is left to do when it ends. The child is made as the `with` block is entered;
+    leaving it, by an error or Ctrl-C too, kills the child if it still runs and reaps it."""
 
     def __init__(self, work: Callable[[], Iterator[_Result]], fork: bool = True) -> None:
+        self.work, self.fork = work, fork
         self.pid: int | None = None
         self.sent = -1
-        if not (fork and may_fork()):
-            return
-        try:
-            sent = os.memfd_create("backstage-render", os.MFD_CLOEXEC)
-        except OSError:  # no descriptor or memory to spare: the caller does the work itself
-            return
-
-        def child() -> None:
-            with open(sent, "wb", closefd=False) as out:
-                for value in work():
-                    pickle.dump(value, out, 5)
-
-        self.pid = fork_child(child)
-        if self.pid is None:  # no process to spare
-            os.close(sent)
-        else:
-            self.sent = sent
 
     def __enter__(self) -> _Child[_Result]:
+        if not (self.fork and may_fork()):
+            return self
+        try:
+            with interrupts_held():  # the descriptor and the pid noted before a Ctrl-C can come
+                try:
+                    self.sent = os.memfd_create("backstage-render", os.MFD_CLOEXEC)
+                except OSError:  # no descriptor or memory to spare: the caller does the work itself
+                    return self
+                sent, work = self.sent, self.work
+
+                def child() -> None:
+                    with open(sent, "wb", closefd=False) as out:
+                        for value in work():
+                            pickle.dump(value, out, 5)
+
+                self.pid = fork_child(child)
+                if self.pid is None:  # no process to spare
+                    self._close()
+        except BaseException:  # Ctrl-C as the child was made: `with` will not call __exit__
+            self.__exit__()
+            raise
         return self
 
     def result(self) -> list[_Result] | None:
@@ -472,11 +515,13 @@ class _Child(Generic[_Result]):
         caller then does the work itself)."""
         if self.pid is None:
             return None
-        _, status = os.waitpid(self.pid, 0)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:  # cannot be, unless something else reaped it: it failed, to us
+            status = 1
         self.pid = None
-        sent, self.sent = self.sent, -1
         values: list[_Result] = []
-        with open(sent, "rb") as back:  # closed here, whatever happens
+        with open(self.sent, "rb", closefd=False) as back:
             if status != 0:
                 return None
             back.seek(0)
@@ -484,14 +529,17 @@ class _Child(Generic[_Result]):
                 values.append(pickle.load(back))
         return values
 
-    def __exit__(self, *exc: object) -> None:
-        if self.pid is not None:  # the block ended before result(): the child goes
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            self.pid = None
+    def _close(self) -> None:
         if self.sent >= 0:
-            os.close(self.sent)
-            self.sent = -1
+            sent, self.sent = self.sent, -1
+            os.close(sent)
+
+    def __exit__(self, *exc: object) -> None:
+        with interrupts_held():
+            if self.pid is not None:  # the block ended before result(): the child goes
+                reap(self.pid)
+                self.pid = None
+            self._close()
 
 
 def _in_two_processes(items: list[str], work: Callable[[str], _Result], memo: Memo) -> list[_Result]:
