@@ -16,6 +16,7 @@ CODES: dict[str, str] = {
     "BS002": "the production file is not UTF-8",
     "BS003": "the production file is not valid TOML",
     "BS004": "the production file is too large",
+    "BS005": "the output directory cannot be used",
     "BS100": "a value has the wrong type",
     "BS101": "unknown key",
     "BS102": "a required key is missing",

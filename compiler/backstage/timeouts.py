@@ -3,6 +3,8 @@ host agent (contract re-exports them). Apart from contract, so that the CLI's pa
 
 from __future__ import annotations
 
+import argparse
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,3 +34,14 @@ class Timeouts:
 
 def flag(field_name: str) -> str:
     return "--lock-wait" if field_name == "lock_wait" else f"--{field_name}-timeout"
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds, finite and 0 or more (nan or inf would wait forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds, 0 or more")
+    return value

@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..contract import ContractError, Timeouts, flag, read_plan
+from ..timeouts import seconds
 from . import acme
 from .generations import gc, generation_zones, generations, listing, rollback_target
 from .outcomes import SIGNALS, Interrupted, Refused, out, say, watch_parent
@@ -44,11 +45,11 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
         sub.add_argument("--force", action="store_true", help="make a DNS change larger than the guard allows")
         for field in fields(Timeouts):
-            sub.add_argument(flag(field.name), dest=field.name, type=float, default=getattr(defaults, field.name),
+            sub.add_argument(flag(field.name), dest=field.name, type=seconds, default=getattr(defaults, field.name),
                              metavar="SECONDS")
     renew = verbs.add_parser("renew", help="renew the live generation's ACME certificates that are due")
     renew.add_argument("--force", action="store_true", help="renew every one now")
-    renew.add_argument(flag("drain"), dest="drain", type=float, default=defaults.drain, metavar="SECONDS")
+    renew.add_argument(flag("drain"), dest="drain", type=seconds, default=defaults.drain, metavar="SECONDS")
     listed = verbs.add_parser("generations", help="list kept generations")
     listed.add_argument("--json", action="store_true", help="as one JSON document")
     collect = verbs.add_parser("gc", help="delete old generations")

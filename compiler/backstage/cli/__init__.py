@@ -121,6 +121,8 @@ def _plan(args: argparse.Namespace) -> int:
     from . import fleet  # only productions on several hosts need Ansible's side
 
     args.dry_run, args.atomic, args.restart, args.keep_ansible, args.plan = True, False, [], False, None
+    if args.save:
+        _savable(args.save)  # before the agent runs: a plan that cannot be saved is not made
     code = _apply(args)
     if code == 0 and args.save:
         target = _artifact_dir(Path(args.artifact), args.output)
@@ -131,11 +133,32 @@ def _plan(args: argparse.Namespace) -> int:
             live = Path(os.readlink(state / "current")).name
         except OSError:
             live = ""
-        Path(args.save).write_text(json.dumps({"format": PLAN_FORMAT, "artifact": target.name, "live": live,
-                                               "state_dir": str(state)}, indent=1, sort_keys=True) + "\n")
+        try:
+            Path(args.save).write_text(json.dumps({"format": PLAN_FORMAT, "artifact": target.name, "live": live,
+                                                   "state_dir": str(state)}, indent=1, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise HandoffError(f"--save {args.save}: cannot write the plan: {exc.strerror or exc}") from None
         print(f"plan saved to {args.save}: apply it with `backstage apply --plan {args.save} {args.artifact}`",
               file=sys.stderr)
     return code
+
+
+def _savable(path: str) -> None:
+    """Refuse (exit 2) a --save FILE that could not be written: a directory, a FIFO (the write would wait
+    for a reader), or a file in no directory this user can write to. A character device (/dev/stdout) is
+    written to."""
+    where = Path(path)
+    if where.is_dir():
+        raise UsageError(f"--save {path}: it is a directory; give the path of the file to save the plan in")
+    if where.exists() and not (where.is_file() or where.is_char_device()):
+        raise UsageError(f"--save {path}: it is not a regular file; give the path of the file to save the plan in")
+    parent = where.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"--save {path}: {parent} {'is not a directory' if parent.exists() else 'does not exist'}; "
+                         "give a file in an existing directory")
+    effective = os.access in os.supports_effective_ids
+    if not os.access(where if where.exists() else parent, os.W_OK, effective_ids=effective):
+        raise UsageError(f"--save {path}: not writable by this user; give a file you can write")
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -182,15 +205,33 @@ def _artifact_dir(target: Path, output: str) -> Path:
     return target.resolve()
 
 
+PLAN_LIMIT = 1 << 20  # a saved plan is a few hundred bytes
+
+
 def _saved_plan(path: str, artifact: Path) -> str:
     """The generation a saved plan saw live; refused if it is not a plan of `artifact`."""
+    from ..phases import load
+
+    def refuse(what: str) -> UsageError:  # as before: exit 2, like argparse's own "can't open" of a file
+        return UsageError(f"--plan {path}: {what}; give a file saved by `backstage plan --save FILE`")
+
     try:
-        saved = json.loads(Path(path).read_text())
-        live, name = saved["live"], saved["artifact"]
-        if saved.get("format") != PLAN_FORMAT or not isinstance(live, str) or not isinstance(name, str):
-            raise ValueError("not a backstage plan")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"--plan {path}: {exc}") from None
+        raw = load.read_regular(path, PLAN_LIMIT + 1)
+    except OSError as exc:
+        raise refuse(f"cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > PLAN_LIMIT:
+        raise refuse(f"it is over {PLAN_LIMIT} bytes, too large for a saved plan")
+    try:
+        saved = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise refuse("it is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise refuse(f"it is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(saved, dict) or saved.get("format") != PLAN_FORMAT:
+        raise refuse(f'it is not a backstage plan (a JSON object with "format": {PLAN_FORMAT})')
+    live, name = saved.get("live"), saved.get("artifact")
+    if not isinstance(live, str) or not isinstance(name, str):
+        raise refuse('it is not a backstage plan: its "live" and "artifact" must be strings')
     if name != artifact.name:
         raise HandoffError(f"refusing to apply: the plan {path} is for {name}, not {artifact.name}")
     return live
@@ -376,7 +417,7 @@ def parser() -> argparse.ArgumentParser:
         defaults = timeouts.Timeouts()
         for name, text in timeouts.Timeouts.HELP.items():
             default = getattr(defaults, name)
-            sub.add_argument(timeouts.flag(name), dest=name, type=float, default=default, metavar="S",
+            sub.add_argument(timeouts.flag(name), dest=name, type=timeouts.seconds, default=default, metavar="S",
                              help=f"{text} (default {default:g})")
 
     sub = verb("apply", _apply, "Make an artifact live on this host, with zero downtime.")
@@ -404,8 +445,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help='the plan as one JSON document ("format": 1)')
     sub.add_argument("--force", action="store_true", help="plan a DNS change over the 30%% guard")
     for name in timeouts.Timeouts.HELP:  # the agent's dry run takes them; a plan waits for nothing
-        sub.add_argument(timeouts.flag(name), dest=name, type=float, default=getattr(timeouts.Timeouts(), name),
-                         metavar="S", help=argparse.SUPPRESS)
+        sub.add_argument(timeouts.flag(name), dest=name, type=timeouts.seconds,
+                         default=getattr(timeouts.Timeouts(), name), metavar="S", help=argparse.SUPPRESS)
     sub = verb("rollback", _rollback, "Switch back to the previous (or any kept) generation.")
     sub.add_argument("production", help="the production file or its state_dir")
     sub.add_argument("--to", metavar="HASH", help="a kept generation's name or hash prefix")
@@ -415,7 +456,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("production", help="the production file or its state_dir")
     sub.add_argument("--force", action="store_true", help="renew every ACME certificate now, due or not")
     drain = timeouts.Timeouts().drain
-    sub.add_argument(timeouts.flag("drain"), dest="drain_timeout", type=float, default=drain, metavar="S",
+    sub.add_argument(timeouts.flag("drain"), dest="drain_timeout", type=timeouts.seconds, default=drain, metavar="S",
                      help=f"{timeouts.Timeouts.HELP['drain']} (default {drain:g})")
     sub = verb("diff", _diff, "Say in words what changes from OLD to NEW (production files or artifacts).")
     sub.add_argument("old")

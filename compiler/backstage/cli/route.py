@@ -58,13 +58,19 @@ def _servers(files: Mapping[str, bytes], prefix: str) -> tuple[Server, ...]:
 
 
 def request(url: str, address: str | None, default_address: str) -> Request:
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # an unclosed [IPv6 literal, say
+        raise RouteError(f"{url!r}: not a URL ({exc}); give an http:// or https:// URL with a host name") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RouteError(f"{url!r}: give an http:// or https:// URL with a host name")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        given = parts.port  # None when the URL gives none; 0 is no port a server can listen on
     except ValueError:
-        raise RouteError(f"{url!r}: the port is not a number from 1 to 65535") from None
+        given = 0
+    if given == 0:
+        raise RouteError(f"{url!r}: the port is not a number from 1 to 65535")
+    port = given or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query or url.endswith("?") else "")
     literal = parts.hostname if _ip(parts.hostname) else ""
     connect = address or literal or default_address or LOOPBACK

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,11 +65,51 @@ class Loaded:
 
 
 def read(path: str | Path) -> bytes:
+    """The production file's bytes, at most MAX_BYTES + 1 of them (load_bytes refuses more)."""
     try:
-        return Path(path).read_bytes()
+        return read_regular(path, MAX_BYTES + 1)
     except OSError as exc:
         raise InputError([Diagnostic(str(path), 1, 1, "BS001", "", exc.strerror or str(exc),
                                      "give the path of a production.toml file")]) from None
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> OSError:
+    kind = next((name for test, name in _KINDS if test(mode)), "")
+    return OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                   f"it is {kind}, not a regular file" if kind else "it is not a regular file")
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The first `limit` bytes of the regular file at `path` (symlinks followed). Anything else is refused
+    before it is read: a FIFO would block until a writer came, a device (/dev/zero) would never end.
+    Raises OSError; its strerror says what is wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:  # a socket cannot be opened at all (ENXIO): say what it is instead
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise exc from None
+        raise (exc if stat.S_ISREG(mode) else _not_regular(mode)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(mode)
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def load_file(path: str | Path) -> Loaded:
@@ -77,7 +120,7 @@ def load_bytes(raw: bytes, name: str) -> Loaded:
     if len(raw) > MAX_BYTES:
         raise InputError([Diagnostic(
             name, 1, 1, "BS004", "",
-            f"the file is {len(raw)} bytes; the limit is {MAX_BYTES}",
+            f"the file is over the limit of {MAX_BYTES} bytes",  # read() stops one byte past it
             "split the production: one file should describe one host's sites",
         )])
     try:
@@ -88,6 +131,9 @@ def load_bytes(raw: bytes, name: str) -> Loaded:
         raise InputError([Diagnostic(name, line, col, "BS002", "",
                                      f"byte 0x{raw[exc.start]:02x} is not UTF-8",
                                      "save the file as UTF-8")]) from None
+    if text.startswith("\ufeff"):  # TOML 1.0 has no BOM; rtoml would skip it, tomllib calls it a bad statement
+        raise InputError([Diagnostic(name, 1, 1, "BS003", "", "the file starts with a byte order mark (BOM)",
+                                     "save it as UTF-8 without one")])
     fast = parse_fast(text)
     if fast is not None:
         return Loaded(fast, Source(name, text), hashlib.sha256(raw).hexdigest())

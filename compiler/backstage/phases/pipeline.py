@@ -5,13 +5,16 @@ Every verb, `backstage try`, the tests and the benchmarks call these; none write
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
-from collections.abc import Callable, Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..errors import Diagnostic, InputError
 from . import cache, load
 
 if TYPE_CHECKING:
@@ -157,13 +160,15 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
     Raises UnknownSess for a name that is no Sess of the production."""
     raw = load.read(path)
     out = Path(outdir)
+    usable_out(out)
     counts = {name: count for name, count in sorted((restarts or {}).items()) if count}
     # The same bytes in another directory read other sources and locks (paths are relative to the file).
     origin = b"\0from " + str(Path(path).resolve().parent).encode("utf-8", "surrogateescape")
     key = cache.cache_key(raw + origin + (b"\0restarts " + repr(counts).encode() if counts else b""))
     hit = cache.cached(out, key)
     if hit:
-        cache.point_result(out, hit.path.name)
+        with _writing(out):
+            cache.point_result(out, hit.path.name)
         return hit
     from . import artifact
 
@@ -172,21 +177,76 @@ def build(path: str | Path, outdir: str | Path, restarts: Mapping[str, int] | No
     if unknown:
         raise UnknownSess(f"{path}: no sess named {', '.join(unknown)} (known: "
                           f"{', '.join(sorted(checked.production.sesses)) or 'none'})")
-    out.mkdir(parents=True, exist_ok=True)
-    cache.tag_cache_dir(out)  # before anything else is written there, so that no source copies it
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        cache.tag_cache_dir(out)  # before anything else is written there, so that no source copies it
     memo = artifact.earlier_renders(out)
     rendered = render_checked(checked, counts, memo)
     # The rendered files and the memo may be written (by a child) while the manifest is made here.
-    with artifact.Writer(out, rendered, memo) as writer:
+    with _writing(out), artifact.Writer(out, rendered, memo) as writer:
         compiled = assemble_checked(checked, rendered)
         written = writer.finish(compiled.files, compiled.name)
     built = cache.Built(written, compiled.summary, cached=False, rendered=memo.rendered, reused=memo.reused)
     # Remembered only if what the build read besides the file (taken before reading) is unchanged now:
     # a source edited during the build is then seen by the next one.
-    if cache.fingerprint(list(checked.inputs)) == checked.stamp:
-        cache.remember(out, key, built, list(checked.inputs), checked.stamp)
-    cache.point_result(out, written.name)
+    with _writing(out):
+        if cache.fingerprint(list(checked.inputs)) == checked.stamp:
+            cache.remember(out, key, built, list(checked.inputs), checked.stamp)
+        cache.point_result(out, written.name)
     return built
+
+
+_OUT_HINT = "give -o a directory you can write to, or a path where one can be made"
+
+
+def _out_error(out: Path, message: str, hint: str = _OUT_HINT) -> InputError:
+    return InputError([Diagnostic(str(out), 0, 0, "BS005", "", message, hint)])
+
+
+def _writable(directory: Path) -> bool:
+    effective = os.access in os.supports_effective_ids
+    return os.access(directory, os.W_OK | os.X_OK, effective_ids=effective)
+
+
+def usable_out(out: Path) -> None:
+    """Refuse (InputError BS005) an OUT a build could not write into, before any work is done: OUT must
+    be a directory this user can write to, or not exist under a directory this user can write to."""
+    if _exists(out, out):
+        if not out.is_dir():
+            raise _out_error(out, "it exists and is not a directory")
+        if not _writable(out):
+            raise _out_error(out, "the directory is not writable by this user")
+        return
+    if os.path.islink(out):
+        raise _out_error(out, f"it is a symbolic link to {os.readlink(out)}, which does not exist")
+    parent = next(p for p in out.absolute().parents if _exists(p, out) or os.path.islink(p))
+    if not parent.is_dir():
+        raise _out_error(out, f"{parent} is not a directory, so OUT cannot be made in it")
+    if not _writable(parent):
+        raise _out_error(out, f"{parent} is not writable by this user, so OUT cannot be made in it")
+
+
+def _exists(path: Path, out: Path) -> bool:
+    """Whether `path` exists (a symlink: what it points at); refused if it cannot be looked at."""
+    try:
+        os.stat(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:  # a directory on the way this user cannot enter, a symlink loop
+        where = "it" if path == out else str(path)
+        raise _out_error(out, f"{where} cannot be looked at: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """An OSError writing the build (a full disk, a permission taken away) is an InputError BS005."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise _out_error(out, f"cannot write the build: {exc.strerror or exc}{where}",
+                         "free some space or fix the directory's permissions, then build again") from None
 
 
 def summarize(production: model.Production) -> str:
