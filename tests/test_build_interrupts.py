@@ -167,7 +167,7 @@ def test_ctrl_c_while_the_command_starts_prints_no_traceback(tmp_path: Path, sig
 def small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A 300-Gig production whose build forks (renders and the writer child) even in this process."""
     if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("render and the writer fork only with two CPUs")
+        pytest.fail("these tests need two CPUs: with one, render and the writer never fork")
     monkeypatch.setattr(render, "may_fork", lambda: True)  # other tests' idle threads would stop a fork
     monkeypatch.setattr(render, "PARALLEL_FROM", 2)
     monkeypatch.setattr(artifact, "OVERLAP_FROM", 2)
@@ -236,8 +236,7 @@ def test_a_second_ctrl_c_does_not_cut_the_clean_up_short(small: Path, tmp_path: 
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A first Ctrl-C as the manifest is made, with the writer child at work; a second one as its
     temporary directory is being removed: the directory goes all the same, and the child is reaped."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals come to the main thread")
+    assert threading.current_thread() is threading.main_thread(), "signals come to the main thread only"
     children = _forks(monkeypatch)
     remove_tree = files.remove_tree
     removed: list[Path] = []
@@ -262,8 +261,7 @@ def test_a_second_ctrl_c_does_not_cut_the_clean_up_short(small: Path, tmp_path: 
 def test_ctrl_c_as_the_writer_child_is_made(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C just after the fork, before its pid is noted: the child is killed and reaped all the same,
     and the temporary directory it was writing goes."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals come to the main thread")
+    assert threading.current_thread() is threading.main_thread(), "signals come to the main thread only"
     children = _forks(monkeypatch)
     fork_child = render.fork_child
     made: list[int | None] = []
