@@ -19,6 +19,7 @@ import pytest
 from backstage import files
 from backstage.phases import artifact, pipeline, render
 from conftest import REPO
+from test_incremental import _record_forks
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import generate
@@ -179,19 +180,6 @@ def small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 RENDER_FORKS = 3  # render's children (test_incremental.FORKS): then the writer's
 
 
-def _forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    children: list[int] = []
-    fork = os.fork
-
-    def recorded() -> int:
-        pid = fork()
-        if pid:
-            children.append(pid)
-        return pid
-    monkeypatch.setattr(os, "fork", recorded)
-    return children
-
-
 def _reaped(pids: list[int]) -> bool:
     for pid in pids:
         try:
@@ -205,7 +193,7 @@ def _reaped(pids: list[int]) -> bool:
 def test_ctrl_c_just_after_the_writer_child_is_reaped(small: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The reviewer's ~1 in 3: Ctrl-C lands after waitpid reaped the writer, before that was noted."""
-    children = _forks(monkeypatch)
+    children = _record_forks(monkeypatch)
     finishing = threading.Event()
     keep, waitpid = artifact.keep_renders, os.waitpid
 
@@ -237,7 +225,7 @@ def test_a_second_ctrl_c_does_not_cut_the_clean_up_short(small: Path, tmp_path: 
     """A first Ctrl-C as the manifest is made, with the writer child at work; a second one as its
     temporary directory is being removed: the directory goes all the same, and the child is reaped."""
     assert threading.current_thread() is threading.main_thread(), "signals come to the main thread only"
-    children = _forks(monkeypatch)
+    children = _record_forks(monkeypatch)
     remove_tree = files.remove_tree
     removed: list[Path] = []
 
@@ -262,7 +250,7 @@ def test_ctrl_c_as_the_writer_child_is_made(small: Path, tmp_path: Path, monkeyp
     """Ctrl-C just after the fork, before its pid is noted: the child is killed and reaped all the same,
     and the temporary directory it was writing goes."""
     assert threading.current_thread() is threading.main_thread(), "signals come to the main thread only"
-    children = _forks(monkeypatch)
+    children = _record_forks(monkeypatch)
     fork_child = render.fork_child
     made: list[int | None] = []
 
